@@ -1,0 +1,54 @@
+"""Short scheduler names for the command line, the demo and training previews."""
+
+from __future__ import annotations
+
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    SchedulerMixin,
+    UniPCMultistepScheduler,
+)
+
+
+SCHEDULERS: dict[str, type[SchedulerMixin]] = {
+    "ddpm": DDPMScheduler,
+    "ddim": DDIMScheduler,
+    "dpm++": DPMSolverMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler-a": EulerAncestralDiscreteScheduler,
+    "heun": HeunDiscreteScheduler,
+    "unipc": UniPCMultistepScheduler,
+}
+
+# Steps that give close to full quality for each sampler (DDPM needs the whole chain without learned variance).
+DEFAULT_STEPS: dict[str, int] = {
+    "ddpm": 1000,
+    "ddim": 50,
+    "dpm++": 25,
+    "euler": 50,
+    "euler-a": 50,
+    "heun": 25,
+    "unipc": 25,
+}
+
+
+def scheduler_from(name: str, base: SchedulerMixin) -> SchedulerMixin:
+    """A scheduler of kind `name` with the training noise schedule of `base` (betas, T, prediction type).
+
+    The learned variance of a `learned_range` DDPM only makes sense to `DDPMScheduler`; every other sampler gets a
+    fixed-variance config and the pipeline hands it the mean channels only.
+    """
+    if name not in SCHEDULERS:
+        raise ValueError(f"Unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}.")
+    scheduler_class = SCHEDULERS[name]
+    config = dict(base.config)
+    if name == "ddpm":
+        return scheduler_class.from_config(config)
+    config.pop("variance_type", None)
+    if name == "dpm++":
+        config.update(algorithm_type="dpmsolver++", solver_order=2)
+    return scheduler_class.from_config(config)

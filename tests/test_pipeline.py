@@ -1,0 +1,228 @@
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, PNDMScheduler
+
+from anime_ddpm import AnimeDDPMPipeline, DenoisingRecorder, build_unet, scheduler_from
+from anime_ddpm.schedulers import SCHEDULERS
+
+from .oracle import GaussianOracleUNet
+
+
+def tiny_pipeline(learned_variance=False, seed=0, resolution=8, **scheduler_kwargs):
+    torch.manual_seed(seed)
+    unet = build_unet("tiny", resolution, learned_variance=learned_variance).eval()
+    scheduler = DDPMScheduler(num_train_timesteps=1000, **scheduler_kwargs)
+    pipe = AnimeDDPMPipeline(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_matches_diffusers_ddpm_pipeline():
+    pipe = tiny_pipeline()
+    reference = DDPMPipeline(unet=pipe.unet, scheduler=pipe.scheduler)
+    reference.set_progress_bar_config(disable=True)
+    ours = pipe(batch_size=2, num_inference_steps=20, generator=torch.Generator().manual_seed(3), output_type="np")
+    theirs = reference(
+        batch_size=2, num_inference_steps=20, generator=torch.Generator().manual_seed(3), output_type="np"
+    )
+    np.testing.assert_allclose(ours.images, theirs.images, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_every_scheduler_runs(name):
+    pipe = tiny_pipeline()
+    pipe.scheduler = scheduler_from(name, pipe.scheduler)
+    images = pipe(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np")
+    assert images.images.shape == (2, 8, 8, 3)
+    assert np.isfinite(images.images).all()
+
+
+def test_pndm_runs():
+    """diffusers' DDPMPipeline passes `generator` to PNDM's step and crashes; we only pass what step accepts."""
+    pipe = tiny_pipeline()
+    pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config)
+    out = pipe(num_inference_steps=10, output_type="pt", generator=torch.Generator().manual_seed(0)).images
+    assert torch.isfinite(out).all()
+
+
+ORACLE_MEAN = (-0.3, 0.0, 0.3)
+ORACLE_STD = (0.6, 0.5, 0.7)
+
+
+def oracle_pipeline(name):
+    # clip_sample=False: clipping x0 to [-1, 1] is right for images but would narrow this Gaussian's tails.
+    base = DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    scheduler = scheduler_from(name, base)
+    oracle = GaussianOracleUNet(
+        ORACLE_MEAN, ORACLE_STD, base.alphas_cumprod.numpy(), sample_size=16, scheduler=scheduler
+    )
+    pipe = AnimeDDPMPipeline(unet=oracle, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def final_sample(pipe, steps, **kwargs):
+    """The last x_0 before clamping to the image range, in [-1, 1] units."""
+    recorder = DenoisingRecorder(steps=[-1])
+    pipe(
+        batch_size=64,
+        num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+        callback_on_step_end=recorder,
+        **kwargs,
+    )
+    return recorder.latents[-1].double()
+
+
+@pytest.mark.parametrize(
+    "name,steps,rtol",
+    [
+        ("ddpm", 1000, 0.03),
+        ("ddim", 50, 0.07),  # first-order ODE steps lose a little variance at 50 steps
+        ("dpm++", 25, 0.03),
+        ("euler", 50, 0.07),
+        ("euler-a", 500, 0.03),
+        ("heun", 25, 0.03),
+        ("unipc", 25, 0.03),
+    ],
+)
+def test_sampler_reaches_the_data_distribution(name, steps, rtol):
+    """With the exact noise predictor for Gaussian data, samples must have the data's mean and std per channel."""
+    x = final_sample(oracle_pipeline(name), steps)
+    np.testing.assert_allclose(x.mean(dim=(0, 2, 3)).numpy(), ORACLE_MEAN, atol=0.02)
+    np.testing.assert_allclose(x.std(dim=(0, 2, 3)).numpy(), ORACLE_STD, rtol=rtol)
+
+
+def test_ddim_eta_one_is_stochastic_and_still_correct():
+    pipe = oracle_pipeline("ddim")
+    x = final_sample(pipe, 250, eta=1.0)
+    np.testing.assert_allclose(x.std(dim=(0, 2, 3)).numpy(), ORACLE_STD, rtol=0.04)
+    assert not torch.allclose(x, final_sample(pipe, 250, eta=0.0))
+
+
+def test_diffusers_ddpm_pipeline_is_wrong_with_euler():
+    """The bug we fix: without init_noise_sigma and scale_model_input, Euler sampling misses the data."""
+    pipe = oracle_pipeline("euler")
+    reference = DDPMPipeline(unet=pipe.unet, scheduler=pipe.scheduler)
+    reference.set_progress_bar_config(disable=True)
+    x = reference(batch_size=16, num_inference_steps=50, generator=torch.Generator().manual_seed(0), output_type="np")
+    std = (np.asarray(x.images) * 2 - 1).std(axis=(0, 1, 2))
+    assert not np.allclose(std, ORACLE_STD, rtol=0.2)
+
+
+def test_same_generator_same_images_and_batch_equals_one_by_one():
+    pipe = tiny_pipeline()
+    kwargs = dict(num_inference_steps=10, output_type="np")
+    a = pipe(batch_size=3, generator=[torch.Generator().manual_seed(s) for s in (1, 2, 3)], **kwargs).images
+    b = pipe(batch_size=3, generator=[torch.Generator().manual_seed(s) for s in (1, 2, 3)], **kwargs).images
+    np.testing.assert_array_equal(a, b)
+    singles = np.concatenate(
+        [pipe(batch_size=1, generator=torch.Generator().manual_seed(s), **kwargs).images for s in (1, 2, 3)]
+    )
+    np.testing.assert_allclose(a, singles, atol=1e-5)
+
+
+def test_output_types_and_return_dict():
+    pipe = tiny_pipeline()
+    gen = torch.Generator().manual_seed(0)
+    pil = pipe(batch_size=2, num_inference_steps=2, generator=gen).images
+    assert len(pil) == 2 and pil[0].size == (8, 8) and pil[0].mode == "RGB"
+    pt = pipe(num_inference_steps=2, output_type="pt").images
+    assert isinstance(pt, torch.Tensor) and pt.shape == (1, 3, 8, 8) and 0 <= pt.min() and pt.max() <= 1
+    (images,) = pipe(num_inference_steps=2, output_type="np", return_dict=False)
+    assert images.shape == (1, 8, 8, 3)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(tmp_path)
+    loaded = AnimeDDPMPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    kwargs = dict(batch_size=2, num_inference_steps=5, output_type="np")
+    a = pipe(generator=torch.Generator().manual_seed(7), **kwargs).images
+    b = loaded(generator=torch.Generator().manual_seed(7), **kwargs).images
+    np.testing.assert_array_equal(a, b)
+    # A plain DDPMPipeline (diffusers only) loads the same folder, with the same weights.
+    plain = DDPMPipeline.from_pretrained(tmp_path)
+    plain.set_progress_bar_config(disable=True)
+    c = plain(generator=torch.Generator().manual_seed(7), **kwargs).images
+    np.testing.assert_allclose(a, c, atol=1e-5)
+
+
+def test_learned_variance_unet():
+    pipe = tiny_pipeline(learned_variance=True, variance_type="learned_range")
+    assert pipe.unet.config.out_channels == 6
+    gen = torch.Generator().manual_seed(0)
+    out = pipe(batch_size=2, num_inference_steps=10, generator=gen, output_type="np").images
+    assert out.shape == (2, 8, 8, 3) and np.isfinite(out).all()
+    # Another scheduler gets the mean channels only.
+    pipe.scheduler = scheduler_from("ddim", pipe.scheduler)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    out = pipe(batch_size=2, num_inference_steps=10, generator=gen, output_type="np").images
+    assert out.shape == (2, 8, 8, 3) and np.isfinite(out).all()
+
+
+def test_learned_variance_changes_ddpm_samples():
+    """The variance channels must reach DDPMScheduler: moving them changes the samples."""
+    pipe = tiny_pipeline(learned_variance=True, variance_type="learned_range")
+    a = pipe(num_inference_steps=10, generator=torch.Generator().manual_seed(0), output_type="np").images
+    with torch.no_grad():
+        out = pipe.unet.conv_out
+        out.bias[3:] += 2.0  # v -> larger: interpolation moves towards beta_t
+    b = pipe(num_inference_steps=10, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert np.abs(a - b).max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["ddpm", "dpm++"])
+def test_recorder_keeps_xt_and_predicted_x0(name):
+    pipe = tiny_pipeline()
+    pipe.scheduler = scheduler_from(name, pipe.scheduler)
+    recorder = DenoisingRecorder(num_snapshots=4)
+    pipe(batch_size=2, num_inference_steps=10, callback_on_step_end=recorder, output_type="np")
+    assert recorder.steps == [0, 3, 6, 9]
+    assert len(recorder.latents) == len(recorder.pred_original_samples) == 4
+    assert recorder.latents[0].shape == recorder.pred_original_samples[0].shape == (2, 3, 8, 8)
+
+
+def test_predicted_x0_is_exact_for_the_oracle():
+    """At the first step of DPM-Solver (no pred_original_sample from step), x0 is computed from the output."""
+    pipe = oracle_pipeline("dpm++")
+    recorder = DenoisingRecorder(steps=[-1])
+    pipe(batch_size=4, num_inference_steps=20, callback_on_step_end=recorder, output_type="pt")
+    x0 = recorder.pred_original_samples[0].double()
+    np.testing.assert_allclose(x0.mean(dim=(0, 2, 3)).numpy(), ORACLE_MEAN, atol=0.05)
+
+
+def test_callback_can_replace_latents():
+    pipe = tiny_pipeline()
+
+    def zero(pipe, step, timestep, kwargs):
+        return {"latents": torch.zeros_like(kwargs["latents"])}
+
+    out = pipe(num_inference_steps=3, callback_on_step_end=zero, output_type="pt").images
+    assert torch.allclose(out, torch.full_like(out, 0.5))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(output_type="jpeg"), "output_type"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(num_inference_steps=0), "num_inference_steps"),
+        (dict(num_inference_steps=5000), "exceeds"),
+        (dict(domain="anime"), "unconditional"),
+        (dict(callback_on_step_end_tensor_inputs=["noise"]), "callback"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, match):
+    pipe = tiny_pipeline()
+    with pytest.raises(ValueError, match=match):
+        pipe(**kwargs)
+
+
+def test_loading_a_folder_that_is_not_a_pipeline(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="not a saved pipeline"):
+        AnimeDDPMPipeline.from_pretrained(tmp_path)
