@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -112,6 +113,33 @@ class AnimeDDPMPipeline(DiffusionPipeline):
                 "save_pretrained wrote, or a Hub repo id."
             )
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------------- sharing
+    # `anime_ddpm.hub` sets this to its `push_to_hub` (rendered model card, sample grid, one-sentence errors). Where
+    # it is unset, e.g. this file loaded as a Hub repo's remote code, `push_to_hub` is diffusers' own.
+    hub_push_function: Callable[..., str] | None = None
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """`DiffusionPipeline.save_pretrained`, plus this file as `pipeline.py`, so that the folder (and a Hub repo
+        made from it, by `push_to_hub` or by hand) loads with only diffusers installed through
+        `DiffusionPipeline.from_pretrained(path, custom_pipeline=path, trust_remote_code=True)`."""
+        os.makedirs(save_directory, exist_ok=True)
+        target = os.path.join(save_directory, "pipeline.py")
+        source = os.path.abspath(__file__)
+        if not (os.path.exists(target) and os.path.samefile(source, target)):
+            shutil.copyfile(source, target)
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    def push_to_hub(self, repo_id: str, *args: Any, **kwargs: Any) -> str:
+        """Uploads the pipeline, `pipeline.py` and a model card to the Hub repo `repo_id` (created if needed).
+
+        With the anime-ddpm package installed this is `anime_ddpm.hub.push_to_hub(self, repo_id, ...)`: the card is
+        rendered from the model's config and carries a sample grid. Otherwise it is diffusers' `push_to_hub`.
+        """
+        push = type(self).hub_push_function
+        if push is None:
+            return super().push_to_hub(repo_id, *args, **kwargs)
+        return push(self, repo_id, *args, **kwargs)
 
     # ----------------------------------------------------------------------------------------------------- domains
     @property
