@@ -1,0 +1,428 @@
+"""anime_ddpm.data: sources, torchvision-equivalent preprocessing, bad files, ranks, workers, resume."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from datasets import Image as ImageFeature
+from PIL import Image
+
+from anime_ddpm import data
+from anime_ddpm.data import (
+    CELEBA_FACE_BOX,
+    DataConfig,
+    DataError,
+    Preprocess,
+    build_dataloader,
+    build_dataset,
+    parse_mixture,
+    take_images,
+)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def solid(index: int, size=(12, 10)) -> Image.Image:
+    """An image whose red value identifies it (index < 36), so tests can tell which files came out."""
+    return Image.new("RGB", size, (index * 7, 100, 200))
+
+
+def ident(pixels: torch.Tensor) -> int:
+    """Inverse of `solid` on a preprocessed (3, R, R) tensor."""
+    return round(float((pixels[0, 0, 0] + 1) * 127.5)) // 7
+
+
+def make_folder(folder: Path, count: int, start: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(start, start + count):
+        solid(i).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def make_parquet(path: Path, count: int, rows_per_group: int, column: str = "image") -> Path:
+    table = Dataset.from_dict({column: [solid(i) for i in range(count)], "label": list(range(count))})
+    table.cast_column(column, ImageFeature()).to_parquet(str(path), batch_size=rows_per_group)
+    return path
+
+
+def ids(examples) -> list[int]:
+    return [ident(example["pixel_values"]) for example in examples]
+
+
+def batch_ids(batches) -> list[int]:
+    return [ident(pixels) for batch in batches for pixels in batch["pixel_values"]]
+
+
+def config(dataset: str | Path, **kwargs) -> DataConfig:
+    kwargs.setdefault("resolution", 8)
+    return DataConfig(dataset=str(dataset), **kwargs)
+
+
+# ---------------------------------------------------------------------------- torchvision's PIL path, verbatim
+
+
+def tv_resize(img: Image.Image, size: int) -> Image.Image:
+    """torchvision.transforms.Resize(size) on PIL: _compute_resized_output_size, then img.resize(..., BILINEAR)."""
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) == (w, h):
+        return img
+    return img.resize((new_w, new_h), Image.BILINEAR)
+
+
+def tv_center_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def tv_to_tensor_normalize(img: Image.Image) -> torch.Tensor:
+    """ToTensor() then Normalize([0.5], [0.5])."""
+    t = torch.from_numpy(np.array(img, np.uint8, copy=True)).view(img.size[1], img.size[0], 3)
+    t = t.permute((2, 0, 1)).contiguous().to(torch.float32).div(255)
+    return (t - 0.5) / 0.5
+
+
+def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("size", [(37, 23), (23, 37), (16, 16), (50, 9), (64, 64), (17, 41), (25, 16), (16, 27)])
+def test_center_crop_pipeline_equals_torchvision(size):
+    img = noise_image(*size, seed=sum(size))
+    expected = tv_to_tensor_normalize(tv_center_crop(tv_resize(img, 16), 16))
+    got = Preprocess(resolution=16, center_crop=True)(img, np.random.default_rng(0))
+    assert got.shape == (3, 16, 16) and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_random_crop_and_flip_cover_torchvision_outcomes():
+    img = noise_image(30, 20, seed=1)
+    resized = tv_resize(img, 8)  # 12x8: horizontal offsets 0..4, vertical 0
+    candidates = {}
+    for left in range(resized.width - 8 + 1):
+        crop = resized.crop((left, 0, left + 8, 8))
+        candidates[left, False] = tv_to_tensor_normalize(crop)
+        candidates[left, True] = tv_to_tensor_normalize(crop.transpose(Image.FLIP_LEFT_RIGHT))
+    preprocess = Preprocess(resolution=8, center_crop=False, random_flip=True)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(200):
+        out = preprocess(img, rng)
+        matches = [key for key, tensor in candidates.items() if torch.allclose(out, tensor, atol=1e-6)]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert seen == set(candidates)  # every offset and both flips happen
+
+
+def png_bytes(img: Image.Image, **kwargs) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG", **kwargs)
+    return buffer.getvalue()
+
+
+def decode_to_rgb(img: Image.Image, fmt: str = "PNG") -> np.ndarray:
+    import io
+
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt)
+    return np.array(data.to_rgb(data.decode_image({"bytes": buffer.getvalue(), "path": None})))
+
+
+def test_image_modes_become_rgb_with_transparency_on_white():
+    rgba = Image.new("RGBA", (2, 1))
+    rgba.putpixel((0, 0), (0, 0, 0, 0))  # transparent black -> white
+    rgba.putpixel((1, 0), (0, 0, 0, 255))
+    assert decode_to_rgb(rgba).tolist() == [[[255, 255, 255], [0, 0, 0]]]
+
+    half = Image.new("RGBA", (1, 1), (0, 0, 0, 128))
+    assert decode_to_rgb(half)[0, 0].tolist() == [127, 127, 127]
+
+    la = Image.new("LA", (1, 1), (10, 0))
+    assert decode_to_rgb(la)[0, 0].tolist() == [255, 255, 255]
+
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    palette.putpixel((0, 0), 0)
+    palette.putpixel((1, 0), 1)
+    palette.info["transparency"] = 0
+    assert decode_to_rgb(palette).tolist() == [[[255, 255, 255], [255, 0, 0]]]
+
+    assert decode_to_rgb(Image.new("L", (1, 1), 77))[0, 0].tolist() == [77, 77, 77]
+    assert decode_to_rgb(Image.new("1", (1, 1), 1))[0, 0].tolist() == [255, 255, 255]
+    assert decode_to_rgb(Image.new("CMYK", (1, 1), (0, 0, 0, 0)), "JPEG")[0, 0].tolist() == [255, 255, 255]
+
+    sixteen = Image.fromarray(np.array([[65535, 32896, 0]], dtype=np.uint16))  # I;16
+    assert decode_to_rgb(sixteen)[0, :, 0].tolist() == [255, 128, 0]
+
+
+def test_celeba_preset_crops_the_face_window_before_resizing():
+    source = data.resolve_source("celeba", 1.0, DataConfig())
+    assert (source.kind, source.location, source.crop_box) == ("hub", "nielsr/CelebA-faces", (25, 57, 153, 185))
+    img = noise_image(178, 218, seed=3)
+    got = Preprocess(resolution=16)(img, np.random.default_rng(0), CELEBA_FACE_BOX)
+    expected = tv_to_tensor_normalize(tv_center_crop(tv_resize(img.crop((25, 57, 153, 185)), 16), 16))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ sources
+
+
+def test_folder_yields_every_image_once_as_normalised_tensors(tmp_path):
+    folder = make_folder(tmp_path / "imgs", 7)
+    (folder / "notes.txt").write_text("not an image, not listed")
+    ds = build_dataset(config(folder, resolution=8, shuffle_buffer=0))
+    examples = list(ds)
+    assert sorted(ids(examples)) == list(range(7))
+    assert all(e["pixel_values"].shape == (3, 8, 8) and e["source"] == 0 for e in examples)
+    assert -1.0 <= float(examples[3]["pixel_values"].min()) and float(examples[3]["pixel_values"].max()) <= 1.0
+    assert ds.source_names == [str(folder)] and ds.num_examples == 7 and not ds.skipped
+
+
+def test_train_data_dir_and_split_subfolders(tmp_path):
+    make_folder(tmp_path / "d" / "train", 3)
+    make_folder(tmp_path / "d" / "test", 2, start=10)
+    train = build_dataset(DataConfig(train_data_dir=str(tmp_path / "d"), resolution=8, shuffle_buffer=0))
+    test = build_dataset(DataConfig(train_data_dir=str(tmp_path / "d"), resolution=8, split="test"))
+    assert sorted(ids(train)) == [0, 1, 2] and sorted(ids(test)) == [10, 11]
+
+
+def test_parquet_with_named_or_detected_image_column(tmp_path):
+    path = make_parquet(tmp_path / "t.parquet", 6, rows_per_group=2, column="picture")
+    named = build_dataset(config(path, image_column="picture", shuffle_buffer=0))
+    assert ids(named) == list(range(6))
+    detected = build_dataset(config(path, shuffle_buffer=0))  # "image" absent, one image column: use it
+    assert ids(detected) == list(range(6))
+    with pytest.raises(DataError, match="no column 'photo'.*--image_column"):
+        build_dataset(config(path, image_column="photo"))
+    downloaded = build_dataset(config(path, streaming=False, cache_dir=str(tmp_path / "hf"), seed=1))
+    assert sorted(ids(downloaded)) == list(range(6)) and downloaded.num_examples == 6
+
+
+def test_mixture_tags_each_example_with_its_source(tmp_path):
+    make_folder(tmp_path / "a", 30)
+    make_folder(tmp_path / "b", 6, start=30)
+    ds = build_dataset(config(f"{tmp_path / 'a'}:0.8,{tmp_path / 'b'}:0.2", seed=1))
+    assert ds.source_names == [str(tmp_path / "a"), str(tmp_path / "b")]
+    examples = list(ds)
+    for example in examples:  # images 0-29 come from a (source 0), 30-35 from b (source 1)
+        assert example["source"] == (ident(example["pixel_values"]) >= 30)
+    counts = Counter(e["source"] for e in examples)
+    assert counts[0] > 2 * counts[1] > 0  # weights 0.8 / 0.2
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("anime:0.7,celeba:0.3", [("anime", 0.7), ("celeba", 0.3)]),
+        ("a:3, b:1", [("a", 0.75), ("b", 0.25)]),
+        ("a,b", [("a", 0.5), ("b", 0.5)]),
+        ("user/set:1", [("user/set", 1.0)]),
+        ("C:\\data\\faces", [("C:\\data\\faces", 1.0)]),
+    ],
+)
+def test_parse_mixture(spec, expected):
+    assert [(n, pytest.approx(w)) for n, w in parse_mixture(spec)] == expected
+
+
+@pytest.mark.parametrize("spec", ["anime:0.7,celeba:x", "anime:0.7,celeba", "a:0,b:0", "a:-1,b:2", ",a:1"])
+def test_unparsable_mixture_is_one_clear_error(spec):
+    with pytest.raises(DataError, match="mixture") as info:
+        build_dataset(DataConfig(dataset=spec))
+    assert "\n" not in str(info.value)
+
+
+def test_clear_errors_for_empty_folder_unknown_name_and_both_sources(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="No image files.*empty"):
+        build_dataset(config(tmp_path / "empty"))
+    with pytest.raises(DataError, match="not a preset"):
+        build_dataset(config(tmp_path / "missing-folder"))
+    with pytest.raises(DataError, match="not both"):
+        build_dataset(DataConfig(dataset="emoji", train_data_dir=str(tmp_path)))
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def bomb_png() -> bytes:
+    """A valid PNG whose header claims 30000x30000 pixels (Pillow refuses > 2x its 89M limit at open)."""
+    raw = bytearray(png_bytes(Image.new("RGB", (8, 8))))
+    ihdr = bytearray(raw[16:29])
+    ihdr[0:8] = struct.pack(">II", 30000, 30000)
+    raw[16:29] = ihdr
+    raw[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + bytes(ihdr)))
+    return bytes(raw)
+
+
+def make_bad_folder(folder: Path) -> Path:
+    make_folder(folder, 5)
+    whole = png_bytes(noise_image(64, 64), compress_level=0)
+    (folder / "truncated.png").write_bytes(whole[: len(whole) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.png").write_text("this is not an image")
+    (folder / "bomb.png").write_bytes(bomb_png())
+    return folder
+
+
+EXPECTED_SKIPS = {"truncated": 1, "empty": 1, "not an image": 1, "too large": 1}
+
+
+def test_bad_files_are_skipped_and_counted(tmp_path):
+    ds = build_dataset(config(make_bad_folder(tmp_path / "bad")))
+    assert sorted(ids(ds)) == list(range(5))
+    assert ds.skipped == EXPECTED_SKIPS
+
+
+def test_bad_files_are_counted_across_dataloader_workers(tmp_path):
+    ds = build_dataset(config(make_bad_folder(tmp_path / "bad"), shuffle_buffer=0))
+    loader = build_dataloader(ds, batch_size=2, num_workers=2)
+    assert sorted(batch_ids(loader)) == list(range(5))
+    assert ds.skipped == EXPECTED_SKIPS
+
+
+def test_hub_id_offline_fails_fast_with_one_sentence():
+    start = time.monotonic()
+    with pytest.raises(DataError) as info:
+        build_dataset(DataConfig(dataset="someone/anime-faces"))
+    message = str(info.value)
+    assert time.monotonic() - start < 5
+    assert "'someone/anime-faces'" in message and "--dataset emoji" in message and "\n" not in message
+
+
+def test_hub_id_without_network_fails_in_seconds_without_trying_datasets(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(data, "_offline", lambda: False)
+    monkeypatch.setattr(data, "_behind_proxy", lambda: False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9
+    monkeypatch.setattr(data.datasets, "load_dataset", lambda *a, **k: pytest.fail("datasets would retry for 24 s"))
+    start = time.monotonic()
+    with pytest.raises(DataError, match=r"DrishtiSharma/Anime-Face-Dataset.*no network.*--dataset emoji"):
+        build_dataset(DataConfig(dataset="anime"))
+    assert time.monotonic() - start < 5
+
+
+def test_hub_probe_sees_a_listening_endpoint(monkeypatch):
+    import huggingface_hub.constants
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert data.hub_reachable(timeout=2)
+
+
+# ------------------------------------------------------------------------------------------------ distribution
+
+
+@pytest.mark.parametrize("kind", ["folder", "parquet-4-groups", "parquet-1-group"])
+def test_two_ranks_get_disjoint_shares_that_cover_the_data(tmp_path, kind):
+    if kind == "folder":
+        source = make_folder(tmp_path / "imgs", 11)
+    else:
+        source = make_parquet(tmp_path / "t.parquet", 11, rows_per_group=3 if kind == "parquet-4-groups" else 11)
+    shares = [ids(build_dataset(config(source, shuffle_buffer=4), rank=r, world_size=2)) for r in range(2)]
+    assert sorted(shares[0] + shares[1]) == list(range(11))
+    assert abs(len(shares[0]) - len(shares[1])) <= 3 and min(map(len, shares)) > 0
+
+
+def test_dataloader_workers_each_read_a_distinct_share(tmp_path):
+    ds = build_dataset(config(make_folder(tmp_path / "imgs", 20)))
+    loader = build_dataloader(ds, batch_size=3, num_workers=2)
+    assert loader.num_workers == 2
+    assert sorted(batch_ids(loader)) == list(range(20))
+
+
+def test_each_epoch_is_a_different_permutation_reproducible_from_the_seed(tmp_path):
+    folder = make_folder(tmp_path / "imgs", 20)
+    ds = build_dataset(config(folder, seed=5))
+    orders = []
+    for epoch in (0, 1, 0):
+        ds.set_epoch(epoch)
+        orders.append(ids(ds))
+    assert sorted(orders[0]) == sorted(orders[1]) == list(range(20))
+    assert orders[0] != orders[1] and orders[0] == orders[2] and orders[0] != list(range(20))
+    unshuffled = build_dataset(config(folder, shuffle_buffer=0))
+    unshuffled.set_epoch(3)
+    assert ids(unshuffled) == list(range(20))
+
+
+def resume_run(make_dataset, batch_size: int, num_workers: int, stop_after: int, epoch: int = 1):
+    """(the uninterrupted epoch, the batches before a checkpoint + the batches after resuming in a new loader)."""
+    full = build_dataloader(make_dataset(), batch_size, num_workers)
+    full.set_epoch(epoch)
+    reference = batch_ids(full)
+    first = build_dataloader(make_dataset(), batch_size, num_workers)
+    first.set_epoch(epoch)
+    before = []
+    for step, batch in enumerate(first):
+        before += batch_ids([batch])
+        if step + 1 == stop_after:
+            state = first.state_dict()
+            break
+    resumed = build_dataloader(make_dataset(), batch_size, num_workers)
+    resumed.load_state_dict(state)
+    after = batch_ids(resumed)
+    resumed.set_epoch(epoch + 1)
+    next_epoch = batch_ids(resumed)
+    return reference, before, after, next_epoch
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_mid_epoch_continues_exactly_for_shuffled_folders(tmp_path, num_workers):
+    folder = make_folder(tmp_path / "imgs", 20)
+    reference, before, after, next_epoch = resume_run(lambda: build_dataset(config(folder)), 3, num_workers, 3)
+    assert len(before) == 9
+    assert before + after == reference  # no repeat, no skip, same order
+    assert sorted(next_epoch) == list(range(20))  # the following epoch starts afresh
+
+
+def test_resume_mid_epoch_of_a_mixture_with_workers(tmp_path):
+    spec = f"{make_folder(tmp_path / 'a', 16)}:0.6,{make_folder(tmp_path / 'b', 10, start=16)}:0.4"
+    reference, before, after, _ = resume_run(lambda: build_dataset(config(spec)), 3, 2, 2)
+    assert len(before) == 6 and before + after == reference
+
+
+def test_resume_of_a_buffered_stream_repeats_nothing_and_without_buffer_skips_nothing(tmp_path):
+    path = make_parquet(tmp_path / "t.parquet", 24, rows_per_group=4)
+    reference, before, after, _ = resume_run(lambda: build_dataset(config(path, shuffle_buffer=0)), 4, 0, 2)
+    assert before + after == reference == list(range(24))
+    reference, before, after, _ = resume_run(lambda: build_dataset(config(path, shuffle_buffer=5)), 4, 0, 2)
+    assert len(set(before + after)) == len(before + after)  # no repeats
+    assert len(before) + len(after) >= 24 - 5  # at most the shuffle buffer is lost
+
+
+# ------------------------------------------------------------------------------------------------ emoji + helpers
+
+
+def test_emoji_is_the_default_dataset_and_take_images_is_deterministic(emoji_cache):
+    ds = build_dataset(DataConfig(resolution=8, cache_dir=emoji_cache))
+    assert ds.source_names == ["emoji"] and ds.num_examples > 500
+    first = take_images(DataConfig(resolution=8, cache_dir=emoji_cache, random_flip=True), 10)
+    again = take_images(DataConfig(resolution=8, cache_dir=emoji_cache, random_flip=True), 10)
+    assert first.shape == (10, 3, 8, 8) and torch.equal(first, again)
+    test_split = take_images(DataConfig(resolution=8, cache_dir=emoji_cache, split="test"), 10_000)
+    assert 40 < len(test_split) < 100  # fewer than asked: the held-out split is ~10%
+    with pytest.raises(DataError, match="'train' and 'test'"):
+        build_dataset(DataConfig(resolution=8, cache_dir=emoji_cache, split="validation"))
+
+
+@pytest.fixture(scope="module")
+def emoji_cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("emoji-cache"))
