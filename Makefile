@@ -4,13 +4,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUTPUT_DIR ?= outputs/ddpm-emoji-32
 TRAIN_ARGS ?=
+# What setup installs besides the package: the test tools, the web demo (gradio) and its browser tests (selenium).
+EXTRAS ?= test,demo,browser
 
 .PHONY: setup train test lint format clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml scripts/setup_venv.sh
-	bash scripts/setup_venv.sh $(VENV)
+	EXTRAS=$(EXTRAS) bash scripts/setup_venv.sh $(VENV)
 	touch $@
 
 train: setup
@@ -20,6 +22,7 @@ train: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	bash scripts/ensure_chromium.sh
 	$(PY) -m pytest
 
 lint: setup

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .demo import add_parser as add_demo_parser  # imports no gradio
+
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -143,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", default="metrics.json", help="JSON report")
     evaluate.add_argument("--grid", default=None, help="also save a grid of (up to 64) samples")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    add_demo_parser(commands)
     return parser
 
 
@@ -210,7 +214,7 @@ def _scheduler_name(pipe: Any) -> str | None:
 def open_pipeline(args: argparse.Namespace) -> tuple[Any, str | None, int]:
     """(pipeline, scheduler name, steps) from the model options, validated before any sampling starts."""
     from .sampling import default_steps, load_pipeline, with_scheduler
-    from .schedulers import SCHEDULERS
+    from .schedulers import SCHEDULERS, max_inference_steps
 
     if args.scheduler is not None and args.scheduler not in SCHEDULERS:
         raise CLIError(f"Unknown scheduler {args.scheduler!r}; choose one of {', '.join(SCHEDULERS)}.")
@@ -221,10 +225,10 @@ def open_pipeline(args: argparse.Namespace) -> tuple[Any, str | None, int]:
     pipe = with_scheduler(load_pipeline(args.model, device=args.device, **load_kwargs), args.scheduler)
     pipe.set_progress_bar_config(disable=True)
     name = args.scheduler or _scheduler_name(pipe)
-    max_steps = pipe.scheduler.config.num_train_timesteps
+    max_steps = max_inference_steps(name, pipe.scheduler.config.num_train_timesteps)
     steps = args.steps if args.steps is not None else min(default_steps(name), max_steps)
     if not 1 <= steps <= max_steps:
-        raise CLIError(f"--steps must be between 1 and the model's {max_steps} training steps, got {steps}.")
+        raise CLIError(f"--steps must be between 1 and {max_steps} for {name or 'this scheduler'}, got {steps}.")
     if args.domain is not None:
         pipe._domain_label(args.domain)  # raises the pipeline's sentence for unknown domains
     return pipe, name, steps

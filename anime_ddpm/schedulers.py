@@ -36,6 +36,15 @@ DEFAULT_STEPS: dict[str, int] = {
 }
 
 
+# diffusers' DPM-Solver and UniPC repeat a timestep (and then fail) when asked for all T steps with "leading" spacing.
+_NO_FULL_CHAIN = ("dpm++", "unipc")
+
+
+def max_inference_steps(name: str | None, num_train_timesteps: int) -> int:
+    """The most sampling steps scheduler `name` can take for a model trained with T steps."""
+    return num_train_timesteps - 1 if name in _NO_FULL_CHAIN else num_train_timesteps
+
+
 def scheduler_from(name: str, base: SchedulerMixin) -> SchedulerMixin:
     """A scheduler of kind `name` with the training noise schedule of `base` (betas, T, prediction type).
 
