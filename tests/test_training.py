@@ -1,0 +1,439 @@
+"""Tests of the training loop (anime_ddpm/training.py, train_with_accelerate.py).
+
+Fast in-process tests cover the command line, config files and checkpoint bookkeeping. The rest share one set of
+real training runs (tiny UNet, 16 px, embedded emoji data), started together by the module fixture `runs`:
+- A: `accelerate launch`, 12 optimiser steps of 2 x 4 images, checkpoints every 4, at most 2 kept;
+- B: the same run SIGKILLed from outside after checkpoint-4, resumed and SIGKILLed again half-way through writing
+  checkpoint-8, resumed again to the end: it must end with exactly A's weights, EMA and optimiser state;
+- NaN: bf16, a NaN batch once (skipped) and then for ever (stops after 5 in a row, last checkpoint intact);
+- fp16 on a CPU: refused with one sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from anime_ddpm import training
+from anime_ddpm.training import TrainingConfig, TrainingError
+from tests.test_training_runs import TINY, accelerate_launch, read_jsonl, start, wait_for
+
+
+RUN = [
+    *TINY,
+    "--train_batch_size", "4",
+    "--gradient_accumulation_steps", "2",
+    "--max_train_steps", "12",
+    "--checkpointing_steps", "4",
+    "--checkpoints_total_limit", "2",
+    "--learning_rate", "1e-3",
+    "--lr_warmup_steps", "4",
+    "--save_images_steps", "6",
+    "--logging_steps", "3",
+    "--seed", "3",
+]  # fmt: skip
+NAN_RUN = [
+    *TINY,
+    "--train_batch_size", "4",
+    "--max_train_steps", "40",
+    "--checkpointing_steps", "2",
+    "--save_images_steps", "0",
+    "--logger", "none",
+    "--mixed_precision", "bf16",
+    "--debug_nan_batches", "3,8-",
+]  # fmt: skip
+
+
+# ============================================================================================ shared runs
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("training")
+    out = types.SimpleNamespace(root=root, a=root / "a", b=root / "b", nan=root / "nan")
+    dump_a = root / "dump-a"
+
+    # Independent runs start together (start-up dominates their time).
+    run_a = start([*RUN, "--output_dir", str(out.a), "--debug_dump_dir", str(dump_a)], root / "a.log",
+                  launcher=accelerate_launch("--num_processes", "1"))  # fmt: skip
+    run_nan = start([*NAN_RUN, "--output_dir", str(out.nan)], root / "nan.log")
+    run_fp16 = start([*TINY, "--mixed_precision", "fp16", "--output_dir", str(root / "fp16")], root / "fp16.log")
+    out.push = root / "push"
+    run_push = start([*TINY, "--max_train_steps", "2", "--logger", "none", "--output_dir", str(out.push),
+                      "--push_to_hub", "--hub_token", "hf_secret_token", "--hub_model_id", "me/ddpm"],
+                     root / "push.log", HF_ENDPOINT="http://127.0.0.1:9")  # fmt: skip
+
+    # B1: killed from outside, mid-training, once checkpoint-4 is complete.
+    b1 = start([*RUN, "--output_dir", str(out.b), "--debug_step_sleep", "0.4"], root / "b1.log")
+    wait_for(out.b / "checkpoint-4", b1)
+    b1.kill()
+    out.b_after_kill = sorted(p.name for p in out.b.iterdir())
+    out.b1 = b1
+    # B2: resumed, then killed half-way through writing checkpoint-8 (after save_state, before the rename).
+    b2 = start([*RUN, "--output_dir", str(out.b), "--resume_from_checkpoint", "latest",
+                "--debug_kill_in_checkpoint", "8"], root / "b2.log").wait()  # fmt: skip
+    out.b_after_crash = sorted(p.name for p in out.b.iterdir())
+    out.latest_after_crash = training.find_checkpoint(str(out.b), "latest")
+    out.b2 = b2
+    # B3: resumed again, to the end.
+    out.b3 = start([*RUN, "--output_dir", str(out.b), "--resume_from_checkpoint", "latest"], root / "b3.log").wait()
+
+    out.run_a, out.run_nan, out.run_fp16, out.run_push = run_a.wait(), run_nan.wait(), run_fp16.wait(), run_push.wait()
+    out.dump_a = read_jsonl(dump_a / "rank0.jsonl") if (dump_a / "rank0.jsonl").exists() else []
+    return out
+
+
+slow = pytest.mark.slow
+
+
+def ok(run) -> None:
+    assert run.returncode == 0, run.output[-4000:]
+
+
+# ============================================================================================ resume and kill
+@slow
+def test_killed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(runs):
+    ok(runs.run_a)
+    assert runs.b1.returncode == -9 and "checkpoint-8" not in runs.b_after_kill, runs.b_after_kill
+    assert runs.b2.returncode == -9, runs.b2.output[-3000:]
+    ok(runs.b3)
+    assert "Resuming from" in runs.b3.output and "checkpoint-4" in runs.b3.output
+
+    for name in ("checkpoint-12/model.safetensors", "unet/diffusion_pytorch_model.safetensors"):
+        a, b = load_file(runs.a / name), load_file(runs.b / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
+    optim_a = torch.load(runs.a / "checkpoint-12/optimizer.bin", weights_only=True)
+    optim_b = torch.load(runs.b / "checkpoint-12/optimizer.bin", weights_only=True)
+    for index, state in optim_a["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, optim_b["state"][index][key]), (index, key)
+    for name in ("custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl"):  # EMA, LR schedule
+        ema_a = torch.load(runs.a / "checkpoint-12" / name, weights_only=False)
+        ema_b = torch.load(runs.b / "checkpoint-12" / name, weights_only=False)
+        assert str(ema_a) == str(ema_b)
+
+
+@slow
+def test_a_kill_while_writing_a_checkpoint_leaves_nothing_latest_would_pick(runs):
+    assert ".tmp-checkpoint-8" in runs.b_after_crash and "checkpoint-8" not in runs.b_after_crash
+    assert runs.latest_after_crash.endswith("checkpoint-4")
+    # The next run cleans the temporary folder up and writes checkpoint-8 properly.
+    assert not any(p.name.startswith(".") for p in runs.b.iterdir())
+    assert sorted(p.name for p in runs.b.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-8"]
+
+
+@slow
+def test_checkpoints_are_named_and_rotated_like_diffusers(runs):
+    ok(runs.run_a)
+    assert sorted(p.name for p in runs.a.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-8"]
+    files = {p.name for p in (runs.a / "checkpoint-12").iterdir()}
+    expected = {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "trainer_state_0.pt"}
+    assert expected | {"custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl"} <= files
+    state = torch.load(runs.a / "checkpoint-12/trainer_state_0.pt", weights_only=False)
+    assert state["step"] == 12 and {"data", "generator"} <= set(state)
+
+
+# ============================================================================================ outputs
+@slow
+def test_final_pipeline_holds_the_ema_weights_and_samples(runs):
+    from anime_ddpm import AnimeDDPMPipeline
+
+    ok(runs.run_a)
+    pipe = AnimeDDPMPipeline.from_pretrained(runs.a)
+    ema = torch.load(runs.a / "checkpoint-12/custom_checkpoint_0.pkl", weights_only=False)
+    raw = load_file(runs.a / "checkpoint-12/model.safetensors")
+    params = list(pipe.unet.parameters())
+    assert len(params) == len(ema["shadow_params"])
+    for param, shadow in zip(params, ema["shadow_params"]):
+        assert torch.equal(param.detach(), shadow)
+    assert any(not torch.equal(p.detach(), raw[name]) for name, p in pipe.unet.named_parameters())
+    assert pipe.scheduler.config.num_train_timesteps == 1000
+    image = pipe(batch_size=1, num_inference_steps=2, output_type="pt").images
+    assert image.shape == (1, 3, 16, 16) and torch.isfinite(image).all()
+    assert (runs.a / "samples.png").is_file()
+    assert sorted(p.name for p in (runs.a / "samples").iterdir()) == ["step-0000006.png", "step-0000012.png"]
+    assert (runs.a / "README.md").is_file()
+
+
+@slow
+def test_tensorboard_gets_metrics_images_and_hyperparameters(runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ok(runs.run_a)
+    scalars, images = {}, set()
+    for events in (runs.a / "logs").rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0, "images": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars[tag] = [event.step for event in accumulator.Scalars(tag)]
+        images |= set(accumulator.Tags()["images"])
+    for tag in ("loss", "loss_simple", "lr", "ema_decay", "images_per_sec", "grad_norm"):
+        assert scalars.get(tag) == [3, 6, 9, 12], (tag, scalars)
+    assert {"samples", "final_samples"} <= images
+    hparams = next((runs.a / "logs").rglob("hparams.yml")).read_text()
+    assert "learning_rate" in hparams and "hub_token" not in hparams
+
+
+@slow
+def test_lr_schedule_is_counted_in_optimizer_steps(runs):
+    """12 optimiser steps of 2 micro-batches: warm-up and cosine over optimiser steps, not micro-batches."""
+    from diffusers.optimization import get_scheduler
+
+    ok(runs.run_a)
+    steps = [record for record in runs.dump_a if "lr" in record]
+    assert [record["step"] for record in steps] == list(range(1, 13))
+    assert all(len(record["examples"]) == 8 for record in steps)  # batch 4 x accumulation 2
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    schedule = get_scheduler("cosine", optimizer, num_warmup_steps=4, num_training_steps=12)
+    expected = []
+    for _ in range(12):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert [record["lr"] for record in steps] == pytest.approx(expected)
+    assert expected[3] == pytest.approx(7.5e-4) and expected[4] == pytest.approx(1e-3)
+
+
+# ============================================================================================ failures
+@slow
+def test_non_finite_steps_are_skipped_then_training_stops_with_the_checkpoint_intact(runs):
+    run = runs.run_nan
+    assert run.returncode == 1, run.output[-4000:]
+    assert "bf16 precision" in run.output
+    assert "skipped (1 in a row)" in run.output  # the single NaN batch (index 3)
+    assert "not finite for 5 optimiser steps in a row" in run.output
+    error = [line for line in run.output.splitlines() if line.startswith("train_with_accelerate: error:")]
+    assert (
+        len(error) == 1
+        and "the last good checkpoint is" in error[0]
+        and error[0].endswith("checkpoint-6 (try a lower --learning_rate or --mixed_precision no).")
+    ), error
+    # Batches 0-2 -> steps 1-3, batch 3 skipped, 4-7 -> steps 4-7, then NaN for ever: checkpoints 2, 4, 6.
+    assert sorted(p.name for p in runs.nan.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    weights = load_file(runs.nan / "checkpoint-6/model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert torch.load(runs.nan / "checkpoint-6/trainer_state_0.pt", weights_only=False)["step"] == 6
+    assert not (runs.nan / "model_index.json").exists()
+
+
+@slow
+def test_fp16_on_a_cpu_is_refused_in_one_sentence(runs):
+    run = runs.run_fp16
+    assert run.returncode == 2
+    last = run.output.strip().splitlines()[-1]
+    assert last.startswith("train_with_accelerate: error: fp16 mixed precision needs a GPU"), last
+    assert "Traceback" not in run.output
+
+
+@slow
+def test_a_failed_push_keeps_everything_and_exits_non_zero(runs):
+    run = runs.run_push
+    assert run.returncode == 1, run.output[-4000:]
+    for name in ("model_index.json", "unet/diffusion_pytorch_model.safetensors", "samples.png", "README.md"):
+        assert (runs.push / name).is_file(), name
+    assert "the push to me/ddpm failed" in run.output and "hf upload me/ddpm" in run.output
+    assert "hf_secret_token" not in run.output and "Traceback" not in run.output
+
+
+# ============================================================================================ command line
+EXAMPLE_FLAGS = {
+    # every flag of diffusers' train_unconditional.py with a value, and the field it sets
+    "--dataset_name": ("huggan/anime-faces", "huggan/anime-faces"),
+    "--dataset_config_name": ("default", "default"),
+    "--model_config_name_or_path": ("google/ddpm-cifar10-32", "google/ddpm-cifar10-32"),
+    "--train_data_dir": ("/data/faces", "/data/faces"),
+    "--output_dir": ("out", "out"),
+    "--cache_dir": ("/cache", "/cache"),
+    "--resolution": ("64", 64),
+    "--train_batch_size": ("16", 16),
+    "--eval_batch_size": ("8", 8),
+    "--dataloader_num_workers": ("2", 2),
+    "--num_epochs": ("100", 100),
+    "--save_images_epochs": ("10", 10),
+    "--save_model_epochs": ("10", 10),
+    "--gradient_accumulation_steps": ("4", 4),
+    "--learning_rate": ("1e-4", 1e-4),
+    "--lr_scheduler": ("constant_with_warmup", "constant_with_warmup"),
+    "--lr_warmup_steps": ("500", 500),
+    "--adam_beta1": ("0.9", 0.9),
+    "--adam_beta2": ("0.99", 0.99),
+    "--adam_weight_decay": ("0.01", 0.01),
+    "--adam_epsilon": ("1e-6", 1e-6),
+    "--ema_inv_gamma": ("2.0", 2.0),
+    "--ema_power": ("0.6667", 0.6667),
+    "--ema_max_decay": ("0.999", 0.999),
+    "--hub_token": ("hf_x", "hf_x"),
+    "--hub_model_id": ("me/ddpm", "me/ddpm"),
+    "--logger": ("wandb", "wandb"),
+    "--logging_dir": ("tb", "tb"),
+    "--local_rank": ("0", 0),
+    "--mixed_precision": ("bf16", "bf16"),
+    "--prediction_type": ("sample", "sample"),
+    "--ddpm_num_steps": ("4000", 4000),
+    "--ddpm_num_inference_steps": ("250", 250),
+    "--ddpm_beta_schedule": ("squaredcos_cap_v2", "squaredcos_cap_v2"),
+    "--checkpointing_steps": ("1000", 1000),
+    "--checkpoints_total_limit": ("3", 3),
+    "--resume_from_checkpoint": ("latest", "latest"),
+}
+EXAMPLE_SWITCHES = ["--center_crop", "--random_flip", "--use_ema", "--push_to_hub", "--hub_private_repo",
+                    "--enable_xformers_memory_efficient_attention", "--overwrite_output_dir"]  # fmt: skip
+
+
+def test_accepts_every_flag_of_diffusers_train_unconditional(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    argv = [part for flag, (value, _) in EXAMPLE_FLAGS.items() for part in (flag, value)] + EXAMPLE_SWITCHES
+    config = training.parse_args(argv)
+    for flag, (_, expected) in EXAMPLE_FLAGS.items():
+        assert getattr(config, flag[2:]) == expected, flag
+    for switch in EXAMPLE_SWITCHES:
+        assert getattr(config, switch[2:]) is True
+    assert config.dataset_spec == "huggan/anime-faces"  # --dataset_name is --dataset
+
+
+def test_defaults_and_negated_switches():
+    config = training.parse_args([])
+    assert (config.model, config.resolution, config.dataset_spec, config.mixed_precision) == ("small", 32, None, None)
+    assert config.use_ema and config.center_crop and not config.random_flip
+    assert config.resolved_output_dir() == "ddpm-emoji-32"
+    assert training.parse_args(["--dataset", "anime", "--resolution", "64"]).resolved_output_dir() == "ddpm-anime-64"
+    negated = training.parse_args(["--no-use_ema", "--no-center_crop"])
+    assert not negated.use_ema and not negated.center_crop
+    assert config.preview_steps() == 25
+    assert training.parse_args(["--sample_scheduler", "ddpm", "--ddpm_num_inference_steps", "100"]).preview_steps() == 100  # fmt: skip
+
+
+def test_config_file_gives_defaults_and_flags_win(tmp_path):
+    yaml_file = tmp_path / "recipe.yaml"
+    yaml_file.write_text("model: tiny\nresolution: 16\nlearning_rate: 3e-4\nmax-train-steps: 7\nuse_ema: false\n")
+    config = training.parse_args(["--config", str(yaml_file), "--resolution", "8"])
+    assert (config.model, config.resolution, config.learning_rate, config.max_train_steps) == ("tiny", 8, 3e-4, 7)
+    assert config.use_ema is False
+    json_file = tmp_path / "recipe.json"
+    json_file.write_text(json.dumps({"train_batch_size": 8, "lr_scheduler": "linear"}))
+    config = training.parse_args(["--config", str(json_file)])
+    assert (config.train_batch_size, config.lr_scheduler) == (8, "linear")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("modell: tiny\n", "Unknown setting(s) in"),
+        ("- 1\n- 2\n", "must hold a mapping"),
+        ("model: [unclosed\n", "is not valid YAML/JSON"),
+    ],
+)
+def test_bad_config_files_are_one_sentence(tmp_path, content, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(TrainingError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        training.parse_args(["--config", str(path)])
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"dataset": "anime", "dataset_name": "celeba"}, "name the same setting"),
+        ({"train_batch_size": 0}, "--train_batch_size must be at least 1"),
+        ({"lr_scheduler": "sawtooth"}, "--lr_scheduler 'sawtooth' is not one of"),
+        ({"sample_steps": 2000}, "exceeds the 1000 training steps"),
+        ({"checkpoints_total_limit": 0}, "--checkpoints_total_limit must be at least 1"),
+    ],
+)
+def test_validation_rejects_impossible_settings(changes, message):
+    with pytest.raises(TrainingError, match=message):
+        TrainingConfig(**changes).validate()
+
+
+# ============================================================================================ checkpoint helpers
+def test_latest_ignores_temporary_folders_and_sorts_numerically(tmp_path):
+    for name in ("checkpoint-9", "checkpoint-10", ".tmp-checkpoint-11", "checkpoint-x", "checkpoint-3"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "checkpoint-12").write_text("a file, not a checkpoint")
+    assert [step for step, _ in training.list_checkpoints(str(tmp_path))] == [3, 9, 10]
+    assert training.find_checkpoint(str(tmp_path), "latest") == str(tmp_path / "checkpoint-10")
+    assert training.find_checkpoint(str(tmp_path / "empty"), "latest") is None
+    assert training.find_checkpoint(str(tmp_path), "checkpoint-9") == str(tmp_path / "checkpoint-9")
+    assert training.find_checkpoint("elsewhere", str(tmp_path / "checkpoint-3")) == str(tmp_path / "checkpoint-3")
+    with pytest.raises(TrainingError, match="No checkpoint folder"):
+        training.find_checkpoint(str(tmp_path), "checkpoint-4")
+
+
+def test_rotation_keeps_the_newest(tmp_path):
+    for step in (5, 10, 15, 20):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    assert training.rotate_checkpoints(str(tmp_path), None) == []
+    removed = training.rotate_checkpoints(str(tmp_path), 2)
+    assert [Path(p).name for p in removed] == ["checkpoint-5", "checkpoint-10"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-15", "checkpoint-20"]
+
+
+def test_index_spec_for_the_nan_hook():
+    assert training.parse_index_spec("3,8-,10-12") == [(3, 3), (8, math.inf), (10, 12)]
+    assert training.parse_index_spec(None) == []
+
+
+class _FakeAccelerator:
+    num_processes = 2
+    device = torch.device("cpu")
+
+    def gather(self, tensor):
+        return torch.cat([tensor, tensor + 1])  # the other rank holds one batch more: the smaller count wins
+
+
+class _Stream:
+    def __init__(self, num_examples=None):
+        self.num_examples = num_examples
+
+
+class _Unsized:
+    def __len__(self):
+        raise TypeError("a stream has no length")
+
+
+@pytest.mark.parametrize(
+    "settings, num_examples, expected",
+    [
+        ({}, None, training.DEFAULT_MAX_TRAIN_STEPS),
+        ({"max_train_steps": 10}, None, 10),
+        ({"num_epochs": 3}, 200, 3 * math.ceil(13 / 2)),  # 100 per rank / batch 8 = 13 batches, 2 per step
+        ({"num_epochs": 3, "max_train_steps": 10}, 200, 10),
+        ({"num_epochs": 3, "max_train_steps": 50}, None, 50),  # unknown length: max_train_steps decides
+    ],
+)
+def test_training_length_in_optimizer_steps(settings, num_examples, expected, monkeypatch):
+    monkeypatch.setattr(training, "logger", logging.getLogger("test"))  # no AcceleratorState here
+    config = TrainingConfig(train_batch_size=8, gradient_accumulation_steps=2, **settings)
+    assert training.training_length(config, _Stream(num_examples), _Unsized(), _FakeAccelerator()) == expected
+
+
+def test_epochs_of_a_stream_of_unknown_length_need_max_train_steps():
+    with pytest.raises(TrainingError, match="give --max_train_steps"):
+        training.training_length(TrainingConfig(num_epochs=2), _Stream(), _Unsized(), _FakeAccelerator())
+
+
+def test_tracker_config_is_scalars_without_the_token():
+    values = training.tracker_config(TrainingConfig(hub_token="hf_secret"), extra=(1, 2))
+    assert "hub_token" not in values and "debug_dump_dir" not in values
+    assert values["dataset"] == "None" and values["extra"] == "(1, 2)" and values["learning_rate"] == 5e-4
+    assert all(isinstance(v, (int, float, str, bool)) for v in values.values())
+
+
+def test_preview_samplers_clip_the_predicted_x0_like_ddpm():
+    from anime_ddpm.losses import make_noise_scheduler
+
+    base = make_noise_scheduler()
+    dpm = training.preview_scheduler("dpm++", base)
+    assert type(dpm).__name__ == "DPMSolverMultistepScheduler"
+    assert dpm.config.thresholding and dpm.config.sample_max_value == 1.0
+    assert training.preview_scheduler("ddim", base).config.clip_sample
+    assert "thresholding" not in training.preview_scheduler("euler", base).config
+    unclipped = make_noise_scheduler(clip_sample=False)
+    assert not training.preview_scheduler("dpm++", unclipped).config.thresholding
