@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -48,6 +50,7 @@ def max_inference_steps(name: str | None, num_train_timesteps: int) -> int:
 def scheduler_from(name: str, base: SchedulerMixin) -> SchedulerMixin:
     """A scheduler of kind `name` with the training noise schedule of `base` (betas, T, prediction type).
 
+    The x_0 clipping of the training config (`clip_sample`) carries over to every sampler that supports it.
     The learned variance of a `learned_range` DDPM only makes sense to `DDPMScheduler`; every other sampler gets a
     fixed-variance config and the pipeline hands it the mean channels only.
     """
@@ -58,6 +61,14 @@ def scheduler_from(name: str, base: SchedulerMixin) -> SchedulerMixin:
     if name == "ddpm":
         return scheduler_class.from_config(config)
     config.pop("variance_type", None)
+    overrides = {}
     if name == "dpm++":
-        config.update(algorithm_type="dpmsolver++", solver_order=2)
-    return scheduler_class.from_config(config)
+        overrides.update(algorithm_type="dpmsolver++", solver_order=2)
+    accepted = inspect.signature(scheduler_class.__init__).parameters
+    if config.get("clip_sample") and "clip_sample" not in accepted and "thresholding" in accepted:
+        # DDPM and DDIM clip the predicted x_0 to [-1, 1]; DPM-Solver++ and UniPC have no clip_sample, and without
+        # it the wild x_0 estimates of a young epsilon model near t = T turn into saturated noise. Thresholding
+        # with sample_max_value = the clip range is exactly that clipping.
+        overrides.update(thresholding=True, sample_max_value=config.get("clip_sample_range", 1.0))
+    # Keyword overrides: from_config drops keys of a config that another scheduler class (DDPMScheduler) saved.
+    return scheduler_class.from_config(config, **overrides)

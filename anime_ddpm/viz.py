@@ -59,7 +59,7 @@ def make_grid(
 
 
 def _font() -> ImageFont.ImageFont:
-    return ImageFont.load_default()
+    return ImageFont.load_default(size=12)  # the 10 px default loses its word spacing
 
 
 def _text_size(text: str) -> tuple[int, int]:
