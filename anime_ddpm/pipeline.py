@@ -151,6 +151,8 @@ class AnimeDDPMPipeline(DiffusionPipeline):
         num_class_embeds = self.unet.config.num_class_embeds
         if not num_class_embeds:
             raise ValueError("This model is unconditional: call it with domain=None (it has no domains to choose).")
+        if isinstance(domain, str) and domain not in self.domains and domain.strip().isdigit():
+            domain = int(domain)  # "1" from a command line: an index, unless a domain has that name
         if isinstance(domain, str):
             if domain not in self.domains:
                 raise ValueError(f"Unknown domain {domain!r}: this model knows {self.domains}.")
