@@ -30,6 +30,7 @@ import shutil
 import signal
 import sys
 import time
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,13 +40,14 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from diffusers import UNet2DModel
 from diffusers.optimization import TYPE_TO_SCHEDULER_FUNCTION, get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from . import losses, viz
+from .conditioning import SourceConditioning, conditional_unet_config, domain_grid
 from .data import DataConfig, DataError, build_dataloader, build_dataset
 from .models import PRESETS, build_unet, count_parameters
 from .pipeline import AnimeDDPMPipeline
@@ -110,6 +112,8 @@ class TrainingConfig:
     ddpm_num_inference_steps: int = _opt(1000, "Sampling steps for previews when --sample_scheduler is ddpm (diffusers' meaning).", group="model", example=True)  # fmt: skip
     snr_gamma: float | None = _opt(None, "Min-SNR loss weighting gamma (Hang et al. 2023; 5 is the paper's choice). Default: off.", type=float, group="model")  # fmt: skip
     enable_xformers_memory_efficient_attention: bool = _opt(False, "Use xformers attention (needs xformers and a GPU).", group="model", example=True)  # fmt: skip
+    condition_on_source: bool = _opt(False, "Make the UNet class-conditional on each image's dataset source (a mixture's domains, sampled with domain=...); one source trains unconditionally.", group="model")  # fmt: skip
+    class_dropout_prob: float = _opt(0.1, "With --condition_on_source: probability of replacing a label by the null class (classifier-free guidance).", group="model")  # fmt: skip
 
     # ---- optimisation
     train_batch_size: int = _opt(32, "Batch size per process (the total is x processes x accumulation).", group="optimisation", example=True)  # fmt: skip
@@ -129,6 +133,7 @@ class TrainingConfig:
     ema_power: float = _opt(0.75, "EMA warm-up power.", group="optimisation", example=True)
     ema_max_decay: float = _opt(0.9999, "EMA maximum decay.", group="optimisation", example=True)
     mixed_precision: str | None = _opt(None, "no, fp16 (GPU only) or bf16; default: what `accelerate launch`/config says, else no.", type=str, choices=("no", "fp16", "bf16"), group="optimisation", example=True)  # fmt: skip
+    compile: bool = _opt(False, "Compile the UNet with torch.compile (minutes of start-up; see bench/README.md for when it pays).", group="optimisation")  # fmt: skip
     seed: int = _opt(0, "Seed for the weights, the noise and the data order.", group="optimisation")
     max_nonfinite_steps: int = _opt(5, "Skip optimiser steps with a non-finite loss or gradient norm, and stop after this many in a row (0: no check, no host sync per step).", group="optimisation")  # fmt: skip
 
@@ -223,6 +228,8 @@ class TrainingConfig:
             raise TrainingError(f"--ema_max_decay must be in [0, 1], got {self.ema_max_decay}.")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise TrainingError(f"--snr_gamma must be positive, got {self.snr_gamma}.")
+        if not 0 <= self.class_dropout_prob <= 1:
+            raise TrainingError(f"--class_dropout_prob must be in [0, 1], got {self.class_dropout_prob}.")
         if self.preview_steps() > self.ddpm_num_steps:
             raise TrainingError(f"--sample_steps {self.preview_steps()} exceeds the {self.ddpm_num_steps} training steps.")  # fmt: skip
 
@@ -420,14 +427,26 @@ def data_config_from(config: TrainingConfig) -> DataConfig:
     return DataConfig(**{k: v for k, v in values.items() if k in accepted})
 
 
-def build_model(config: TrainingConfig, noise_scheduler) -> UNet2DModel:
-    """The UNet: a named preset, or diffusers' --model_config_name_or_path; output channels match the variance."""
+def build_model(
+    config: TrainingConfig, noise_scheduler, conditioning: SourceConditioning | None = None
+) -> UNet2DModel:
+    """The UNet: a named preset, or diffusers' --model_config_name_or_path; output channels match the variance.
+
+    With `conditioning` (--condition_on_source on a mixture) it has a class per domain plus the null class, and the
+    domain names in its config."""
     out_channels = losses.model_out_channels(noise_scheduler)
     if config.model_config_name_or_path:
         try:
             unet_config = UNet2DModel.load_config(config.model_config_name_or_path, cache_dir=config.cache_dir)
         except (OSError, ValueError) as error:
             raise TrainingError(f"Cannot load the UNet config {config.model_config_name_or_path}: {error}") from None
+        try:
+            if conditioning is not None:
+                unet_config = conditional_unet_config(unet_config, conditioning.domains)
+            elif unet_config.get("num_class_embeds") or unet_config.get("class_embed_type"):
+                raise ValueError("The UNet config is class-conditional: train it with --condition_on_source on a mixture.")  # fmt: skip
+        except ValueError as error:
+            raise TrainingError(str(error)) from None
         model = UNet2DModel.from_config(unet_config)
         if model.config.out_channels != out_channels:
             raise TrainingError(
@@ -437,16 +456,87 @@ def build_model(config: TrainingConfig, noise_scheduler) -> UNet2DModel:
     else:
         try:
             model = build_unet(
-                config.model, config.resolution, learned_variance=losses.learns_variance(noise_scheduler)
+                config.model,
+                config.resolution,
+                learned_variance=losses.learns_variance(noise_scheduler),
+                num_class_embeds=conditioning.num_class_embeds if conditioning is not None else None,
             )
         except ValueError as error:
             raise TrainingError(str(error)) from None
+    if conditioning is not None:
+        conditioning.prepare(model)  # the domain names travel in unet/config.json
     if config.enable_xformers_memory_efficient_attention:
         from diffusers.utils.import_utils import is_xformers_available
 
         if not is_xformers_available():
             raise TrainingError("xformers is not available: install it or drop --enable_xformers_memory_efficient_attention.")  # fmt: skip
         model.enable_xformers_memory_efficient_attention()
+    return model
+
+
+ADAM_IMPLEMENTATIONS = ("fused", "foreach", "for-loop", "default")
+
+
+def build_optimizer(config: TrainingConfig, model: torch.nn.Module, accelerator: Accelerator,
+                    implementation: str | None = None) -> torch.optim.Optimizer:  # fmt: skip
+    """AdamW with the config's hyper-parameters.
+
+    `implementation` None picks torch's fused AdamW kernel where it is safe (one process or DDP, on a CPU or a GPU):
+    on the CPU it is several times faster than the default per-parameter loop (bench/bench_train.py). DeepSpeed and
+    FSDP keep torch's default; "foreach", "for-loop" and "default" are there for benchmarks and comparisons.
+    """
+    if implementation is None:
+        plain = accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)  # fmt: skip
+        implementation = "fused" if plain and accelerator.device.type in ("cpu", "cuda") else "default"
+    if implementation not in ADAM_IMPLEMENTATIONS:
+        raise ValueError(f"Unknown AdamW implementation {implementation!r}; choose one of {ADAM_IMPLEMENTATIONS}.")
+    kwargs = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}.get(implementation, {})  # fmt: skip
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay,
+        eps=config.adam_epsilon,
+        **kwargs,
+    )
+
+
+def _fp32_group_norm_forward(self: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    with torch.autocast(x.device.type, enabled=False):
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return torch.nn.functional.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+
+
+def fp32_group_norms(model: torch.nn.Module) -> int:
+    """Run every GroupNorm of `model` in float32 (output cast back to the input dtype); returns how many.
+
+    CUDA autocast already does this (group_norm is on its float32 list); CPU autocast runs GroupNorm in bfloat16,
+    which is slower there (forward and backward) than float32, as well as less precise.
+    """
+    count = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.GroupNorm):
+            module.forward = types.MethodType(_fp32_group_norm_forward, module)
+            count += 1
+    return count
+
+
+def speed_up_model(config: TrainingConfig, model: torch.nn.Module, accelerator: Accelerator,
+                   groupnorm_fp32: bool | None = None) -> torch.nn.Module:  # fmt: skip
+    """Speed-ups that keep the maths, applied to the prepared model in place (its state_dict keys do not change).
+
+    - GroupNorm in float32 under bf16 autocast on a CPU (`groupnorm_fp32` None: exactly then);
+    - `--compile`: `torch.compile` of the UNet (`nn.Module.compile`, in place, so checkpoints, EMA and previews see
+      the same module and parameter names).
+    """
+    unet = accelerator.unwrap_model(model)
+    if groupnorm_fp32 is None:
+        groupnorm_fp32 = accelerator.device.type == "cpu" and accelerator.mixed_precision == "bf16"
+    if groupnorm_fp32:
+        fp32_group_norms(unet)
+    if config.compile:
+        unet.compile()
     return model
 
 
@@ -557,24 +647,18 @@ class DebugDump:
             self.hashes = []
 
 
-def preview_scheduler(name: str, noise_scheduler):
-    """The sampler for previews: `name` on the training schedule, clipping the predicted x_0 as DDPM/DDIM do.
-
-    Without clipping, DPM-Solver++ (and UniPC) turn the wild x_0 estimates of a young epsilon model near t = T into
-    saturated noise, while the same weights give faces with DDIM; thresholding with sample_max_value 1 is plain
-    clipping to [-1, 1].
-    """
-    scheduler = scheduler_from(name, noise_scheduler)
-    if noise_scheduler.config.get("clip_sample") and "thresholding" in scheduler.config:
-        clip = noise_scheduler.config.get("clip_sample_range", 1.0)
-        scheduler = type(scheduler).from_config(scheduler.config, thresholding=True, sample_max_value=clip)
-    return scheduler
-
-
 def sample_grid(unet: UNet2DModel, noise_scheduler, config: TrainingConfig, num_images: int):
     """A grid of `num_images` samples with the preview sampler (fixed seed, so grids are comparable over time)."""
-    pipe = AnimeDDPMPipeline(unet=unet, scheduler=preview_scheduler(config.sample_scheduler, noise_scheduler))
+    pipe = AnimeDDPMPipeline(unet=unet, scheduler=scheduler_from(config.sample_scheduler, noise_scheduler))
     pipe.set_progress_bar_config(disable=True)
+    if pipe.domains:  # --condition_on_source: a labelled row per domain, the same seeds in every row
+        return domain_grid(
+            pipe,
+            num_images,
+            seed=config.seed,
+            batch_size=min(num_images, 64),
+            num_inference_steps=config.preview_steps(),
+        )
     images = generate(
         pipe, num_images, seed=config.seed, batch_size=min(num_images, 64), num_inference_steps=config.preview_steps()
     )
@@ -735,6 +819,12 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
     # ---------------------------------------------------------------- data (each rank reads its own disjoint share)
     dataset = build_dataset(data_config_from(config), rank=rank, world_size=world_size)
     loader = build_dataloader(dataset, config.train_batch_size, config.dataloader_num_workers)
+    conditioning = None  # --condition_on_source on a mixture: class i = source i, the last class = null label
+    if config.condition_on_source:
+        try:
+            conditioning = SourceConditioning.from_sources(dataset.source_names, config.class_dropout_prob)
+        except ValueError as error:  # e.g. the same source twice in the mixture
+            raise TrainingError(f"--condition_on_source: {error}") from None
 
     # ---------------------------------------------------------------- noise schedule, UNet, loss
     try:
@@ -746,7 +836,7 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise TrainingError(str(error)) from None
-    model = build_model(config, noise_scheduler)
+    model = build_model(config, noise_scheduler, conditioning)
     loss_fn = losses.DiffusionLoss(noise_scheduler, snr_gamma=config.snr_gamma)
     preview_unet = None  # a copy that previews load the EMA (or current) weights into: main process only
     if accelerator.is_main_process:
@@ -754,13 +844,7 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
 
     # ---------------------------------------------------------------- optimiser, LR schedule, EMA
     max_train_steps = training_length(config, dataset, loader, accelerator)
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=config.learning_rate,
-        betas=(config.adam_beta1, config.adam_beta2),
-        weight_decay=config.adam_weight_decay,
-        eps=config.adam_epsilon,
-    )
+    optimizer = build_optimizer(config, model, accelerator)  # fused AdamW where safe
     # Not passed to accelerator.prepare: we step it once per optimiser step, so warm-up and length are in optimiser
     # steps whatever the accumulation and process count (Accelerate's wrapper steps it once per process).
     lr_scheduler = get_scheduler(
@@ -772,6 +856,7 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
     if accelerator.state.deepspeed_plugin is not None:  # no prepared loader tells DeepSpeed the batch size
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.train_batch_size
     model, optimizer = accelerator.prepare(model, optimizer)
+    model = speed_up_model(config, model, accelerator)  # fp32 GroupNorm under CPU bf16; --compile
     ema = None
     if config.use_ema:
         ema = EMAModel(
@@ -852,7 +937,10 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
         micro_batches_drawn += 1
         debug.batch(x0)
         with accelerator.accumulate(model):
-            out = loss_fn(denoise, x0, generator=generator)
+            class_labels = None
+            if conditioning is not None:  # the source index, dropped to the null class with --class_dropout_prob
+                class_labels = conditioning.labels(batch["source"], generator, device=accelerator.device)
+            out = loss_fn(denoise, x0, class_labels=class_labels, generator=generator)
             accelerator.backward(out.loss)
             for key, value in (("loss", out.loss.detach()), ("simple", out.simple)):
                 pending[key] += value

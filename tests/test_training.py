@@ -428,12 +428,13 @@ def test_tracker_config_is_scalars_without_the_token():
 
 def test_preview_samplers_clip_the_predicted_x0_like_ddpm():
     from anime_ddpm.losses import make_noise_scheduler
+    from anime_ddpm.schedulers import scheduler_from
 
     base = make_noise_scheduler()
-    dpm = training.preview_scheduler("dpm++", base)
+    dpm = scheduler_from("dpm++", base)
     assert type(dpm).__name__ == "DPMSolverMultistepScheduler"
     assert dpm.config.thresholding and dpm.config.sample_max_value == 1.0
-    assert training.preview_scheduler("ddim", base).config.clip_sample
-    assert "thresholding" not in training.preview_scheduler("euler", base).config
+    assert scheduler_from("ddim", base).config.clip_sample
+    assert "thresholding" not in scheduler_from("euler", base).config
     unclipped = make_noise_scheduler(clip_sample=False)
-    assert not training.preview_scheduler("dpm++", unclipped).config.thresholding
+    assert not scheduler_from("dpm++", unclipped).config.thresholding
