@@ -21,8 +21,6 @@ import glob
 import logging
 import os
 import re
-import socket
-import threading
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -41,7 +39,7 @@ from datasets.distributed import split_dataset_by_node
 from PIL import Image, ImageOps
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from . import emoji
+from . import emoji, network
 
 
 logger = logging.getLogger(__name__)
@@ -418,27 +416,7 @@ def _behind_proxy() -> bool:
 
 
 def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
-    """Whether a TCP connection to the Hub endpoint opens within `timeout` seconds (DNS included).
-
-    `datasets` retries for ~24 s before giving up on a missing network; this answers in `timeout`.
-    """
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((url.hostname, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    return bool(result and result[0])
+    return network.hub_reachable(timeout)
 
 
 def _no_hub_error(source: Source, reason: str) -> DataError:

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import math
 import os
-import socket
-import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from . import network
 
 
 ALL_METRICS = ("swd", "fd_dinov2", "fid", "kid")
@@ -60,30 +59,10 @@ def _check_images(images: torch.Tensor, name: str) -> None:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face endpoint answers a TCP connect within `timeout` s (False when HF_HUB_OFFLINE is set).
-
-    `from_pretrained` without a network retries for ~25 s; this probe lets callers fail in a few seconds instead.
-    DNS lookups cannot be timed out, so the probe runs in a daemon thread.
-    """
+    """Whether the Hub answers within `timeout` s; False at once when HF_HUB_OFFLINE is set."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return False
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
+    return network.hub_reachable(timeout)
 
 
 # ----------------------------------------------------------------------------------------------------- SWD
