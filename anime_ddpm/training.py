@@ -46,7 +46,7 @@ from diffusers.optimization import TYPE_TO_SCHEDULER_FUNCTION, get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from . import losses, viz
+from . import hub, losses, viz
 from .conditioning import SourceConditioning, conditional_unet_config, domain_grid
 from .data import DataConfig, DataError, build_dataloader, build_dataset
 from .models import PRESETS, build_unet, count_parameters
@@ -133,7 +133,7 @@ class TrainingConfig:
     ema_power: float = _opt(0.75, "EMA warm-up power.", group="optimisation", example=True)
     ema_max_decay: float = _opt(0.9999, "EMA maximum decay.", group="optimisation", example=True)
     mixed_precision: str | None = _opt(None, "no, fp16 (GPU only) or bf16; default: what `accelerate launch`/config says, else no.", type=str, choices=("no", "fp16", "bf16"), group="optimisation", example=True)  # fmt: skip
-    compile: bool = _opt(False, "Compile the UNet with torch.compile (minutes of start-up; see bench/README.md for when it pays).", group="optimisation")  # fmt: skip
+    compile: bool = _opt(False, "Experimental: compile the UNet with torch.compile (minutes of start-up; ~1.2x at 32 px bf16 on a CPU; gradients differ from eager, see bench/README.md).", group="optimisation")  # fmt: skip
     seed: int = _opt(0, "Seed for the weights, the noise and the data order.", group="optimisation")
     max_nonfinite_steps: int = _opt(5, "Skip optimiser steps with a non-finite loss or gradient norm, and stop after this many in a row (0: no check, no host sync per step).", group="optimisation")  # fmt: skip
 
@@ -523,16 +523,16 @@ def fp32_group_norms(model: torch.nn.Module) -> int:
 
 
 def speed_up_model(config: TrainingConfig, model: torch.nn.Module, accelerator: Accelerator,
-                   groupnorm_fp32: bool | None = None) -> torch.nn.Module:  # fmt: skip
+                   groupnorm_fp32: bool = False) -> torch.nn.Module:  # fmt: skip
     """Speed-ups that keep the maths, applied to the prepared model in place (its state_dict keys do not change).
 
-    - GroupNorm in float32 under bf16 autocast on a CPU (`groupnorm_fp32` None: exactly then);
     - `--compile`: `torch.compile` of the UNet (`nn.Module.compile`, in place, so checkpoints, EMA and previews see
-      the same module and parameter names).
+      the same module and parameter names);
+    - `groupnorm_fp32` (off: benchmarks only): GroupNorm in float32 under CPU bf16 autocast. bench/bench_train.py
+      measured it +10-14% at 32 px but -12% at 64 px, with 20-30% more peak memory (float32 copies kept for the
+      backward), so training does not use it.
     """
     unet = accelerator.unwrap_model(model)
-    if groupnorm_fp32 is None:
-        groupnorm_fp32 = accelerator.device.type == "cpu" and accelerator.mixed_precision == "bf16"
     if groupnorm_fp32:
         fp32_group_norms(unet)
     if config.compile:
@@ -690,14 +690,6 @@ def copy_weights(target: UNet2DModel, accelerator: Accelerator, model, ema: EMAM
     return target
 
 
-def _hub_module():
-    try:
-        from . import hub
-    except ImportError:
-        return None
-    return hub
-
-
 def save_final(accelerator, config, output_dir, unet, noise_scheduler, info: dict[str, Any]) -> int:
     """Main process: the pipeline, samples.png and the model card; then the optional push. Returns an exit code.
 
@@ -705,14 +697,10 @@ def save_final(accelerator, config, output_dir, unet, noise_scheduler, info: dic
     """
     pipeline = AnimeDDPMPipeline(unet=unet, scheduler=losses.sampling_scheduler(noise_scheduler, unet))
     grid = sample_grid(unet, noise_scheduler, config, config.num_samples)
-    hub = _hub_module()
     try:
-        if hub is None:
-            raise ImportError("anime_ddpm.hub is not available")
         hub.save_for_hub(pipeline, output_dir, info, sample_grid=grid)  # pipeline + README.md + samples.png
     except Exception as error:  # the card is a nicety: save the pipeline and the grid without it
-        if hub is not None:
-            logger.warning(f"Could not write the model card: {error}")
+        logger.warning(f"Could not write the model card: {error}")
         pipeline.save_pretrained(output_dir)
         grid.save(os.path.join(output_dir, "samples.png"))
     log_grid(accelerator, grid, info["train_steps"], tag="final_samples")
@@ -721,14 +709,11 @@ def save_final(accelerator, config, output_dir, unet, noise_scheduler, info: dic
         return 0
     repo_id = config.hub_model_id or Path(output_dir).resolve().name
     try:
-        if hub is not None:
-            url = hub.push_to_hub(output_dir, repo_id, token=config.hub_token, private=config.hub_private_repo)
-        else:
-            url = _push_folder(output_dir, repo_id, config)
+        url = hub.push_to_hub(output_dir, repo_id, token=config.hub_token, private=config.hub_private_repo)
     except Exception as error:
         message = str(error).replace(config.hub_token, "***") if config.hub_token else str(error)
         print(f"train_with_accelerate: the push to {repo_id} failed: {message} The trained pipeline is saved in "
-              f"{output_dir}; push it later with `hf upload {repo_id} {output_dir}`.", file=sys.stderr)  # fmt: skip
+              f"{output_dir}; push it later with `python -c \"from anime_ddpm.hub import push_to_hub; push_to_hub('{output_dir}', '{repo_id}')\"` (it uploads the model, never checkpoints or logs).", file=sys.stderr)  # fmt: skip
         return 1
     logger.info(f"Pushed to {url}")
     return 0
@@ -765,17 +750,6 @@ def card_info(config: TrainingConfig, **results: Any) -> dict[str, Any]:
     )  # fmt: skip
     info.update(results)
     return {k: v for k, v in info.items() if v is not None}
-
-
-def _push_folder(folder: str, repo_id: str, config: TrainingConfig) -> str:
-    """Fallback push without anime_ddpm.hub: the folder minus checkpoints, logs and temporary files."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=config.hub_token)
-    repo_id = api.create_repo(repo_id, private=config.hub_private_repo, exist_ok=True).repo_id
-    ignore = ["checkpoint-*", "checkpoint-*/**", ".*", f"{config.logging_dir}/**", "training_config.json"]
-    api.upload_folder(folder_path=folder, repo_id=repo_id, ignore_patterns=ignore, commit_message="Upload DDPM")
-    return f"https://huggingface.co/{repo_id}"
 
 
 def _check_push_possible(config: TrainingConfig) -> None:
@@ -856,7 +830,7 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
     if accelerator.state.deepspeed_plugin is not None:  # no prepared loader tells DeepSpeed the batch size
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.train_batch_size
     model, optimizer = accelerator.prepare(model, optimizer)
-    model = speed_up_model(config, model, accelerator)  # fp32 GroupNorm under CPU bf16; --compile
+    model = speed_up_model(config, model, accelerator)  # --compile
     ema = None
     if config.use_ema:
         ema = EMAModel(

@@ -238,7 +238,7 @@ def test_a_failed_push_keeps_everything_and_exits_non_zero(runs):
     assert run.returncode == 1, run.output[-4000:]
     for name in ("model_index.json", "unet/diffusion_pytorch_model.safetensors", "samples.png", "README.md"):
         assert (runs.push / name).is_file(), name
-    assert "the push to me/ddpm failed" in run.output and "hf upload me/ddpm" in run.output
+    assert "the push to me/ddpm failed" in run.output and "push_to_hub(" in run.output
     assert "hf_secret_token" not in run.output and "Traceback" not in run.output
 
 
