@@ -760,6 +760,72 @@ def _check_push_possible(config: TrainingConfig) -> None:
             raise TrainingError("--push_to_hub needs a token: pass --hub_token, set HF_TOKEN or run `hf auth login`.")
 
 
+class TrainStep:
+    """One micro-batch's forward and backward and, at the end of an accumulation window, the optimiser step.
+
+    Shared by `train()` and bench/bench_train.py, so the benchmark times the loop's own step. Loss sums stay on the
+    device in `pending` (no host sync per micro-batch) until `drain_into` moves them to the logging window.
+    """
+
+    PENDING_KEYS = ("loss", "simple", "vlb", "micro", "images")
+
+    def __init__(self, accelerator: Accelerator, model, optimizer, loss_fn, generator: torch.Generator,
+                 max_grad_norm: float | None, check_finite: bool = True):  # fmt: skip
+        self.accelerator, self.model, self.optimizer, self.loss_fn = accelerator, model, optimizer, loss_fn
+        self.generator = generator
+        self.max_grad_norm = max_grad_norm or float("inf")  # inf: measure the norm, do not clip
+        self.check_finite = check_finite
+        self.scaler_in_use = accelerator.scaler is not None  # fp16: the GradScaler may skip overflowing steps
+        zero = torch.zeros((), device=accelerator.device)
+        self.pending = {key: zero.clone() for key in self.PENDING_KEYS}
+        self.grad_norm = zero.clone()
+
+    def denoise(self, x_t, t, class_labels=None):  # only the UNet runs under autocast; noising stays in fp32
+        with self.accelerator.autocast():
+            return self.model(x_t, t, class_labels=class_labels).sample
+
+    def __call__(self, x0: torch.Tensor, class_labels: torch.Tensor | None = None) -> bool | None:
+        """None inside an accumulation window; else whether the optimiser stepped (False: not finite, skipped)."""
+        accelerator, pending = self.accelerator, self.pending
+        with accelerator.accumulate(self.model):
+            out = self.loss_fn(self.denoise, x0, class_labels=class_labels, generator=self.generator)
+            accelerator.backward(out.loss)
+            for key, value in (("loss", out.loss.detach()), ("simple", out.simple)):
+                pending[key] += value
+            if out.vlb_bits_per_dim is not None:
+                pending["vlb"] += out.vlb_bits_per_dim
+            pending["micro"] += 1
+            pending["images"] += x0.shape[0]
+            step_ok = None
+            if accelerator.sync_gradients:
+                # Gradients are all-reduced by now, so the norm (and the decision) is identical on every rank.
+                grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+                if grad_norm is None:  # DeepSpeed clips internally and may not report it: judge by the loss
+                    grad_norm = accelerator.reduce(pending["loss"].clone(), reduction="sum")
+                self.grad_norm = torch.as_tensor(grad_norm, dtype=torch.float32, device=accelerator.device)
+                step_ok = True
+                if self.check_finite:  # one host sync per optimiser step
+                    step_ok = bool(torch.isfinite(self.grad_norm))
+                if step_ok or self.scaler_in_use:
+                    self.optimizer.step()
+                    step_ok = step_ok and not accelerator.optimizer_step_was_skipped
+            self.optimizer.zero_grad(set_to_none=True)
+        return step_ok
+
+    def discard(self) -> None:
+        """Forget a skipped step's sums."""
+        for value in self.pending.values():
+            value.zero_()
+
+    def drain_into(self, window: dict[str, torch.Tensor]) -> None:
+        """Add the finished step's sums (and its gradient norm) to the logging window."""
+        for key, value in self.pending.items():
+            window[key] += value
+            value.zero_()
+        window["grad_norm"] += self.grad_norm
+        window["steps"] += 1
+
+
 # ============================================================================================= the loop
 def train(config: TrainingConfig | argparse.Namespace) -> int:
     """Train, save the pipeline and samples, optionally push. Returns the process exit code (0: success)."""
@@ -881,19 +947,13 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
     )
 
     # ---------------------------------------------------------------- the loop
-    def denoise(x_t, t, class_labels=None):  # only the UNet runs under autocast; noising stays in fp32
-        with accelerator.autocast():
-            return model(x_t, t, class_labels=class_labels).sample
-
+    step = TrainStep(accelerator, model, optimizer, loss_fn, generator, config.max_grad_norm,
+                     check_finite=bool(config.max_nonfinite_steps))  # fmt: skip
     debug = DebugDump(config.debug_dump_dir, rank)
     nan_batches = parse_index_spec(config.debug_nan_batches)
-    scaler_in_use = accelerator.scaler is not None  # fp16: the GradScaler may skip overflowing steps itself
-    nonfinite_limit = config.max_nonfinite_steps + (16 if scaler_in_use else 0)
-    max_grad_norm = config.max_grad_norm or float("inf")  # inf: measure the norm, do not clip
+    nonfinite_limit = config.max_nonfinite_steps + (16 if step.scaler_in_use else 0)
     zero = torch.zeros((), device=accelerator.device)
-    window = dict(loss=zero.clone(), simple=zero.clone(), vlb=zero.clone(), grad_norm=zero.clone(),
-                  micro=zero.clone(), steps=zero.clone(), images=zero.clone())  # fmt: skip
-    pending = dict(loss=zero.clone(), simple=zero.clone(), vlb=zero.clone(), micro=zero.clone(), images=zero.clone())
+    window = {key: zero.clone() for key in ("loss", "simple", "vlb", "grad_norm", "micro", "steps", "images")}
     window_start, paused, micro_batches_drawn, nonfinite_in_a_row = time.perf_counter(), 0.0, 0, 0
     last_logs: dict[str, float] = {}
     epoch_at_last_step = batches.epoch
@@ -910,39 +970,17 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
             x0 = torch.full_like(x0, float("nan"))
         micro_batches_drawn += 1
         debug.batch(x0)
-        with accelerator.accumulate(model):
-            class_labels = None
-            if conditioning is not None:  # the source index, dropped to the null class with --class_dropout_prob
-                class_labels = conditioning.labels(batch["source"], generator, device=accelerator.device)
-            out = loss_fn(denoise, x0, class_labels=class_labels, generator=generator)
-            accelerator.backward(out.loss)
-            for key, value in (("loss", out.loss.detach()), ("simple", out.simple)):
-                pending[key] += value
-            if out.vlb_bits_per_dim is not None:
-                pending["vlb"] += out.vlb_bits_per_dim
-            pending["micro"] += 1
-            pending["images"] += x0.shape[0]
-            step_ok = True
-            if accelerator.sync_gradients:
-                # Gradients are all-reduced by now, so the norm (and the decision) is identical on every rank.
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-                if grad_norm is None:  # DeepSpeed clips internally and may not report it: judge by the loss
-                    grad_norm = accelerator.reduce(pending["loss"].clone(), reduction="sum")
-                grad_norm = torch.as_tensor(grad_norm, dtype=torch.float32, device=accelerator.device)
-                if config.max_nonfinite_steps:  # one host sync per optimiser step (0 turns the check off)
-                    step_ok = bool(torch.isfinite(grad_norm))
-                if step_ok or scaler_in_use:
-                    optimizer.step()
-                    step_ok = step_ok and not accelerator.optimizer_step_was_skipped
-            optimizer.zero_grad(set_to_none=True)
-        if not accelerator.sync_gradients:
+        class_labels = None
+        if conditioning is not None:  # the source index, dropped to the null class with --class_dropout_prob
+            class_labels = conditioning.labels(batch["source"], generator, device=accelerator.device)
+        step_ok = step(x0, class_labels)
+        if step_ok is None:  # inside an accumulation window
             continue
 
         # -- a skipped step (non-finite loss or gradients): no update, no LR/EMA step, the step is retried
         if not step_ok:
             nonfinite_in_a_row += 1
-            for value in pending.values():
-                value.zero_()
+            step.discard()
             logger.warning(f"Non-finite loss or gradients at step {global_step + 1}: skipped ({nonfinite_in_a_row} in a row).")  # fmt: skip
             if nonfinite_in_a_row >= nonfinite_limit:
                 progress.close()
@@ -964,11 +1002,7 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
             ema.step(accelerator.unwrap_model(model).parameters())
         global_step += 1
         progress.update(1)
-        for key in pending:
-            window[key] += pending[key]
-            pending[key].zero_()
-        window["grad_norm"] += grad_norm.float()
-        window["steps"] += 1
+        step.drain_into(window)
         if config.debug_step_sleep:
             time.sleep(config.debug_step_sleep)
 

@@ -119,22 +119,6 @@ def synthetic_batches(count: int, batch: int, resolution: int, seed: int = 0):
 
 
 # ======================================================================================================= variants
-def fp32_group_norms(model) -> None:
-    """Bench-side fallback of the GroupNorm-in-fp32 lever (used only when training.py lacks `speed_up_model`)."""
-    import types
-
-    import torch
-    import torch.nn.functional as F
-
-    def forward(self, x):
-        with torch.autocast(x.device.type, enabled=False):
-            return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
-
-    for module in model.modules():
-        if isinstance(module, torch.nn.GroupNorm):
-            module.forward = types.MethodType(forward, module)
-
-
 @dataclass
 class Setup:
     accelerator: Any
@@ -236,8 +220,9 @@ class ReferenceStep:
 class OurStep:
     """One optimiser step of `anime_ddpm.training.train` (gradient accumulation 1), with its default settings.
 
-    Mirrors the loop body of `train()` line for line (loss, backward, clip, non-finite check, step, zero_grad, LR,
-    EMA, window sums, logging every `logging_steps`) and builds the optimiser and model the way `train()` does.
+    Runs `training.TrainStep` (train()'s own forward, backward, clip, non-finite check, optimiser step), then LR,
+    EMA, window sums and logging every `logging_steps` as train() does; builds the optimiser and model with
+    train()'s helpers.
     """
 
     def __init__(self, setup: Setup, options: dict[str, str]):
@@ -273,19 +258,7 @@ class OurStep:
             variance_type=config.variance_type,
         )
         self.loss_fn = losses.DiffusionLoss(noise_scheduler, snr_gamma=config.snr_gamma)
-        if hasattr(training, "build_optimizer"):
-            optimizer = training.build_optimizer(config, model, accelerator, implementation=options.get("adamw"))
-        else:  # an older training.py without the helper: the bench applies the lever itself
-            implementation = options.get("adamw", "for-loop")
-            optimizer = torch.optim.AdamW(
-                model.parameters(),
-                lr=config.learning_rate,
-                betas=(config.adam_beta1, config.adam_beta2),
-                weight_decay=config.adam_weight_decay,
-                eps=config.adam_epsilon,
-                foreach=implementation == "foreach",
-                fused=implementation == "fused" or None,
-            )
+        optimizer = training.build_optimizer(config, model, accelerator, implementation=options.get("adamw"))
         self.lr_scheduler = get_scheduler(
             config.lr_scheduler,
             optimizer=optimizer,
@@ -294,13 +267,7 @@ class OurStep:
         )
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         groupnorm_fp32 = options.get("gn_fp32") == "1"
-        if hasattr(training, "speed_up_model"):
-            self.model = training.speed_up_model(config, self.model, accelerator, groupnorm_fp32=groupnorm_fp32)
-        else:
-            if groupnorm_fp32 and accelerator.mixed_precision != "no":
-                fp32_group_norms(accelerator.unwrap_model(self.model))
-            if options.get("compile") == "1":
-                accelerator.unwrap_model(self.model).compile()
+        self.model = training.speed_up_model(config, self.model, accelerator, groupnorm_fp32=groupnorm_fp32)
         self.ema = None
         if config.use_ema:
             self.ema = EMAModel(
@@ -312,53 +279,29 @@ class OurStep:
                 foreach=options.get("ema_foreach", "1") == "1",
             )
             self.ema.to(accelerator.device)
-        self.generator = training.noise_generator(setup.seed, 0, accelerator.device)
-        self.max_grad_norm = config.max_grad_norm or float("inf")
+        generator = training.noise_generator(setup.seed, 0, accelerator.device)
+        self.train_step = training.TrainStep(
+            accelerator, self.model, self.optimizer, self.loss_fn, generator, config.max_grad_norm,
+            check_finite=bool(config.max_nonfinite_steps),
+        )  # fmt: skip
         zero = torch.zeros((), device=accelerator.device)
         self.window = {k: zero.clone() for k in ("loss", "simple", "vlb", "grad_norm", "micro", "steps", "images")}
-        self.pending = {k: zero.clone() for k in ("loss", "simple", "vlb", "micro", "images")}
         self.progress = tqdm(total=setup.total_steps, file=io.StringIO())
         self.global_step = 0
         self.model.train()
 
-    def denoise(self, x_t, t, class_labels=None):
-        with self.accelerator.autocast():
-            return self.model(x_t, t, class_labels=class_labels).sample
-
     def step(self, batch):
         import torch
 
-        accelerator, config, pending, window = self.accelerator, self.config, self.pending, self.window
-        x0 = batch.to(accelerator.device, non_blocking=True)
-        with accelerator.accumulate(self.model):
-            out = self.loss_fn(self.denoise, x0, generator=self.generator)
-            accelerator.backward(out.loss)
-            for key, value in (("loss", out.loss.detach()), ("simple", out.simple)):
-                pending[key] += value
-            if out.vlb_bits_per_dim is not None:
-                pending["vlb"] += out.vlb_bits_per_dim
-            pending["micro"] += 1
-            pending["images"] += x0.shape[0]
-            step_ok = True
-            if accelerator.sync_gradients:
-                grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-                grad_norm = torch.as_tensor(grad_norm, dtype=torch.float32, device=accelerator.device)
-                if config.max_nonfinite_steps:
-                    step_ok = bool(torch.isfinite(grad_norm))
-                if step_ok:
-                    self.optimizer.step()
-                    step_ok = step_ok and not accelerator.optimizer_step_was_skipped
-            self.optimizer.zero_grad(set_to_none=True)
+        accelerator, config, window = self.accelerator, self.config, self.window
+        self.train_step(batch.to(accelerator.device, non_blocking=True))  # train()'s own step
+        loss = self.train_step.pending["loss"].clone()
         self.lr_scheduler.step()
         if self.ema is not None:
             self.ema.step(accelerator.unwrap_model(self.model).parameters())
         self.global_step += 1
         self.progress.update(1)
-        for key in pending:
-            window[key] += pending[key]
-            pending[key].zero_()
-        window["grad_norm"] += grad_norm.float()
-        window["steps"] += 1
+        self.train_step.drain_into(window)
         if self.global_step % config.logging_steps == 0:
             totals = accelerator.reduce(torch.stack(list(window.values())), reduction="sum").tolist()
             sums = dict(zip(window, totals))
@@ -374,7 +317,7 @@ class OurStep:
             self.progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", refresh=False)
             for value in window.values():
                 value.zero_()
-        return out.loss.detach()
+        return loss
 
     @property
     def unet(self):
