@@ -40,13 +40,14 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, broadcast, set_seed
 from diffusers import UNet2DModel
 from diffusers.optimization import TYPE_TO_SCHEDULER_FUNCTION, get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from . import hub, losses, viz
+from .budget import TimeBudgetLR, TrainingClock, format_duration, parse_duration
 from .conditioning import SourceConditioning, conditional_unet_config, domain_grid
 from .data import DataConfig, DataError, build_dataloader, build_dataset
 from .models import PRESETS, build_unet, count_parameters
@@ -118,6 +119,7 @@ class TrainingConfig:
     # ---- optimisation
     train_batch_size: int = _opt(32, "Batch size per process (the total is x processes x accumulation).", group="optimisation", example=True)  # fmt: skip
     max_train_steps: int | None = _opt(None, f"Optimiser steps to train (default {DEFAULT_MAX_TRAIN_STEPS} unless --num_epochs is given); with --num_epochs too, whichever ends first.", type=int, group="optimisation")  # fmt: skip
+    max_train_time: str | None = _opt(None, "Wall-clock budget of the training loop: minutes (e.g. 15) or a duration (15m, 2h, 1h30m). Training ends cleanly when it is spent (same final save); the LR schedule after warm-up is laid over the time, not over steps. With --max_train_steps or --num_epochs too, whichever ends first.", type=str, group="optimisation")  # fmt: skip
     num_epochs: int | None = _opt(None, "Passes over the data (needs a dataset of known length; diffusers' default is 100, ours is --max_train_steps).", type=int, group="optimisation", example=True)  # fmt: skip
     gradient_accumulation_steps: int = _opt(1, "Micro-batches per optimiser step.", group="optimisation", example=True)  # fmt: skip
     learning_rate: float = _opt(5e-4, "Peak learning rate (after warm-up).", group="optimisation", example=True)
@@ -190,6 +192,9 @@ class TrainingConfig:
         slug = re.sub(r"[^A-Za-z0-9]+", "-", Path(name.rstrip("/")).name).strip("-") or "data"
         return f"ddpm-{slug}-{self.resolution}"
 
+    def budget_seconds(self) -> float | None:
+        return parse_duration(self.max_train_time) if self.max_train_time is not None else None
+
     def preview_steps(self) -> int:
         if self.sample_steps:
             return self.sample_steps
@@ -230,6 +235,11 @@ class TrainingConfig:
             raise TrainingError(f"--snr_gamma must be positive, got {self.snr_gamma}.")
         if not 0 <= self.class_dropout_prob <= 1:
             raise TrainingError(f"--class_dropout_prob must be in [0, 1], got {self.class_dropout_prob}.")
+        if self.max_train_time is not None:
+            try:
+                parse_duration(self.max_train_time)
+            except ValueError as error:
+                raise TrainingError(f"--max_train_time: {error}") from None
         if self.preview_steps() > self.ddpm_num_steps:
             raise TrainingError(f"--sample_steps {self.preview_steps()} exceeds the {self.ddpm_num_steps} training steps.")  # fmt: skip
 
@@ -540,8 +550,9 @@ def speed_up_model(config: TrainingConfig, model: torch.nn.Module, accelerator: 
     return model
 
 
-def training_length(config: TrainingConfig, dataset, loader, accelerator: Accelerator) -> int:
-    """Optimiser steps to train: --max_train_steps, --num_epochs (data of known size), whichever ends first."""
+def training_length(config: TrainingConfig, dataset, loader, accelerator: Accelerator) -> int | None:
+    """Optimiser steps to train: --max_train_steps, --num_epochs (data of known size), whichever ends first; None
+    when only --max_train_time limits the run."""
     steps = [config.max_train_steps] if config.max_train_steps else []
     if config.num_epochs:
         try:
@@ -551,13 +562,15 @@ def training_length(config: TrainingConfig, dataset, loader, accelerator: Accele
             batches = math.ceil(size // accelerator.num_processes / config.train_batch_size) if size else None
         if not batches:
             if not steps:
-                raise TrainingError("This dataset is a stream of unknown length: give --max_train_steps instead of --num_epochs.")  # fmt: skip
+                raise TrainingError("This dataset is a stream of unknown length: give --max_train_steps or --max_train_time instead of --num_epochs.")  # fmt: skip
             logger.warning("--num_epochs is ignored for a stream of unknown length; --max_train_steps decides.")
         else:
             # Ranks may hold different shares: all must take the same number of steps, so use the smallest.
             batches = int(accelerator.gather(torch.tensor([batches], device=accelerator.device)).min())
             steps.append(config.num_epochs * math.ceil(batches / config.gradient_accumulation_steps))
-    return min(steps) if steps else DEFAULT_MAX_TRAIN_STEPS
+    if steps:
+        return min(steps)
+    return None if config.max_train_time is not None else DEFAULT_MAX_TRAIN_STEPS
 
 
 def noise_generator(seed: int, rank: int, device: torch.device) -> torch.Generator:
@@ -883,16 +896,21 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
         preview_unet = UNet2DModel.from_config(model.config).to(accelerator.device).eval()
 
     # ---------------------------------------------------------------- optimiser, LR schedule, EMA
-    max_train_steps = training_length(config, dataset, loader, accelerator)
+    max_train_steps = training_length(config, dataset, loader, accelerator)  # None: only the time budget limits
+    clock = TrainingClock(config.budget_seconds())  # seconds in the loop, carried over resumes
     optimizer = build_optimizer(config, model, accelerator)  # fused AdamW where safe
     # Not passed to accelerator.prepare: we step it once per optimiser step, so warm-up and length are in optimiser
-    # steps whatever the accumulation and process count (Accelerate's wrapper steps it once per process).
-    lr_scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=config.lr_warmup_steps,
-        num_training_steps=max_train_steps,
-    )
+    # steps whatever the accumulation and process count (Accelerate's wrapper steps it once per process). With a
+    # time budget (and no step limit) the schedule after warm-up is laid over the budget's seconds instead.
+    if config.max_train_time is not None and max_train_steps is None:
+        lr_scheduler = TimeBudgetLR(config.lr_scheduler, optimizer, config.lr_warmup_steps, clock)
+    else:
+        lr_scheduler = get_scheduler(
+            config.lr_scheduler,
+            optimizer=optimizer,
+            num_warmup_steps=config.lr_warmup_steps,
+            num_training_steps=max_train_steps,
+        )
     if accelerator.state.deepspeed_plugin is not None:  # no prepared loader tells DeepSpeed the batch size
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.train_batch_size
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -927,6 +945,7 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
             global_step = state["step"]
             batches.load_state_dict(state["data"])
             generator.set_state(state["generator"])
+            clock.load_state_dict(state.get("clock", {}))
 
     # ---------------------------------------------------------------- trackers
     num_parameters = count_parameters(accelerator.unwrap_model(model))
@@ -939,9 +958,13 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
                               total_batch_size=total_batch_size, num_parameters=num_parameters,
                               mixed_precision_resolved=accelerator.mixed_precision),
     )  # fmt: skip
+    length = " or ".join(
+        ([f"{max_train_steps} optimiser steps"] if max_train_steps is not None else [])
+        + ([f"{format_duration(clock.budget_seconds)} of training"] if clock.budget_seconds is not None else [])
+    )
     logger.info(
         f"Training {num_parameters / 1e6:.2f}M parameters on {accelerator.device} x {world_size} process(es), "
-        f"{accelerator.mixed_precision} precision: {max_train_steps} optimiser steps of {total_batch_size} images "
+        f"{accelerator.mixed_precision} precision: {length} (whichever ends first) of {total_batch_size} images "
         f"({config.train_batch_size} per process x {config.gradient_accumulation_steps} accumulation), "
         f"starting at step {global_step}; output in {output_dir}"
     )
@@ -962,7 +985,16 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
                     disable=not accelerator.is_local_main_process)  # fmt: skip
     model.train()
 
-    while global_step < max_train_steps:
+    def agreed_elapsed() -> float:
+        """Loop seconds so far; every process takes rank 0's, so all stop at the same step with the same LR."""
+        if clock.budget_seconds is None or world_size == 1:
+            return clock.elapsed()
+        return float(broadcast(torch.tensor([clock.elapsed()], dtype=torch.float64, device=accelerator.device))[0])
+
+    clock.restart()  # set-up and resume loading are not training time
+    elapsed = clock.elapsed()
+    done = (max_train_steps is not None and global_step >= max_train_steps) or clock.spent(elapsed)
+    while not done:
         # -- one micro-batch: forward and backward; the optimiser acts on the last one of each accumulation window
         batch = next(batches)
         x0 = batch["pixel_values"].to(accelerator.device, non_blocking=True)
@@ -997,17 +1029,22 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
 
         # -- the optimiser step happened: LR schedule, EMA, counters
         debug.write(step=global_step + 1, lr=optimizer.param_groups[0]["lr"], examples=debug.hashes)
-        lr_scheduler.step()
         if ema is not None:
             ema.step(accelerator.unwrap_model(model).parameters())
         global_step += 1
+        elapsed = agreed_elapsed()
+        if isinstance(lr_scheduler, TimeBudgetLR):
+            lr_scheduler.step(global_step, elapsed)
+        else:
+            lr_scheduler.step()
+        done = (max_train_steps is not None and global_step >= max_train_steps) or clock.spent(elapsed)
         progress.update(1)
         step.drain_into(window)
         if config.debug_step_sleep:
             time.sleep(config.debug_step_sleep)
 
         # -- logging: sums over the window, all-reduced over processes (the only collective besides DDP's)
-        if global_step % config.logging_steps == 0 or global_step == max_train_steps:
+        if global_step % config.logging_steps == 0 or done:
             totals = accelerator.reduce(torch.stack(list(window.values())), reduction="sum").tolist()
             sums = dict(zip(window, totals))
             elapsed = time.perf_counter() - window_start - paused
@@ -1035,7 +1072,8 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
         epoch_done = batches.epoch > epoch_at_last_step
         epoch_at_last_step = batches.epoch
         if global_step % config.checkpointing_steps == 0:
-            rank_state = {"step": global_step, "data": batches.state_dict(), "generator": generator.get_state()}
+            rank_state = {"step": global_step, "data": batches.state_dict(), "generator": generator.get_state(),
+                          "clock": {"elapsed": elapsed, "warmup_end": clock.warmup_end}}  # fmt: skip
             path = save_checkpoint(accelerator, output_dir, global_step, rank_state, config.checkpoints_total_limit,
                                    kill_half_way=config.debug_kill_in_checkpoint == global_step)  # fmt: skip
             logger.info(f"Saved {path}")

@@ -16,8 +16,9 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
         pip install "$TORCH" --index-url "$TORCH_INDEX_URL"
     elif command -v nvidia-smi >/dev/null 2>&1; then
         pip install "$TORCH"  # PyPI's default Linux build carries CUDA
-    elif pip install --no-index "$TORCH" >/dev/null 2>&1; then
-        echo "Installed $TORCH from a local wheel (find-links)."
+    elif pip download --no-index --no-deps --dest "$(mktemp -d)" "$TORCH" >/dev/null 2>&1; then
+        # A local CPU wheel (pip's find-links): it sorts above PyPI's CUDA build of the same version (+cpu).
+        pip install "$TORCH"
     else
         pip install "$TORCH" --index-url https://download.pytorch.org/whl/cpu
     fi

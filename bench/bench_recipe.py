@@ -1,0 +1,239 @@
+"""The default recipe against diffusers' example at equal wall-clock time.
+
+Trains at 32 px on the embedded emoji faces, for the same `--max_train_time` budget and at the same time (one
+process per recipe, one thread each, so both see the same machine load), each through a real
+`accelerate launch train_with_accelerate.py` subprocess:
+  reference  diffusers' examples/unconditional_image_generation/train_unconditional.py as it is: epsilon target,
+             linear betas, AdamW lr 1e-4 with betas (0.95, 0.999) and weight decay 1e-6, cosine LR after 500
+             warm-up steps, batch 16, EMA (power 0.75, max 0.9999), fp32, gradient clipping at 1, and
+             UNet2DModel's defaults (attention_head_dim=8) on our 32 px default's block widths (same parameters);
+  ours       anime-ddpm's defaults: no flags at all.
+Only bookkeeping flags are added to both: the budget, the output folder, no tracker, no previews or checkpoints
+during the run (they would eat into the budget). The reference's cosine LR is laid over the budget like ours (the
+example would lay it over 100 epochs and never decay within a few minutes: this favours the reference).
+
+Each saved pipeline then draws the same 64 seeds at 1000 DDPM steps (its saved scheduler, the whole chain) and with
+our default fast sampler, and is scored by SWD (x1e3, Karras et al., anime_ddpm.metrics) against the 64 held-out
+emoji test images. Extra candidates (for a sweep) can be given as NAME='flags'.
+
+    .venv/bin/python -m bench.bench_recipe [--minutes 15] [--recipes reference,ours] [--candidate NAME='FLAGS' ...]
+        [--samplers ddpm,fast] [--output-dir DIR] [--grid PNG]
+
+Prints a markdown table, writes DIR/results.json and a side-by-side grid (default DIR/bench_recipe.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_IMAGES = 64  # the emoji test split
+TRAINED = re.compile(r"Trained (\d+) steps in (\d+) s; final loss ([-\w.]+)")
+# Bookkeeping only: nothing here changes what is learned.
+BOOKKEEPING = ["--logger", "none", "--save_images_steps", "0", "--checkpointing_steps", str(10**9)]
+REFERENCE_FLAGS = [
+    "--model_config_name_or_path", "{reference_unet}",
+    "--prediction_type", "epsilon",
+    "--ddpm_beta_schedule", "linear",
+    "--learning_rate", "1e-4",
+    "--adam_beta1", "0.95",
+    "--adam_beta2", "0.999",
+    "--adam_weight_decay", "1e-6",
+    "--adam_epsilon", "1e-8",
+    "--lr_scheduler", "cosine",
+    "--lr_warmup_steps", "500",
+    "--train_batch_size", "16",
+    "--use_ema", "--ema_power", "0.75", "--ema_inv_gamma", "1.0", "--ema_max_decay", "0.9999",
+    "--mixed_precision", "no",
+    "--max_grad_norm", "1.0",
+    "--variance_type", "fixed_small",
+    "--no-center_crop", "--no-random_flip",
+]  # fmt: skip
+RECIPES: dict[str, dict] = {
+    "reference": {"label": "diffusers' train_unconditional.py recipe", "flags": REFERENCE_FLAGS},
+    "ours": {"label": "anime-ddpm defaults (no flags)", "flags": []},
+}
+
+
+def reference_unet_config(path: Path) -> Path:
+    """Our default UNet's widths and blocks with UNet2DModel's default attention_head_dim=8, as the example has."""
+    from anime_ddpm.models import unet_config
+    from anime_ddpm.training import TrainingConfig
+
+    defaults = TrainingConfig()
+    config = unet_config(defaults.model, defaults.resolution)
+    config["attention_head_dim"] = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def launch(name: str, flags: list[str], run_dir: Path, minutes: float, seed: int) -> tuple[subprocess.Popen, Path]:
+    accelerate = Path(sys.executable).with_name("accelerate")
+    command = [
+        str(accelerate) if accelerate.exists() else "accelerate", "launch", "--num_processes", "1",
+        "--num_machines", "1", "--dynamo_backend", "no",
+        str(ROOT / "train_with_accelerate.py"),
+        *flags,
+        "--max_train_time", f"{minutes}m",
+        "--seed", str(seed),
+        "--output_dir", str(run_dir),
+        *BOOKKEEPING,
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env.pop("ACCELERATE_MIXED_PRECISION", None)
+    log_path = run_dir.with_suffix(".log")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[{name}] {shlex.join(command)}", flush=True)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return process, log_path
+
+
+def finished(name: str, process: subprocess.Popen, log_path: Path) -> dict:
+    returncode = process.wait()
+    text = log_path.read_text(errors="replace")
+    if returncode != 0:
+        sys.exit(f"[{name}] training failed (exit {returncode}); last lines of {log_path}:\n{text[-3000:]}")
+    match = TRAINED.search(text)
+    if match is None:
+        sys.exit(f"[{name}] no 'Trained N steps' line in {log_path}")
+    steps, seconds, loss = int(match[1]), float(match[2]), match[3]
+    print(f"[{name}] trained {steps} steps in {seconds:.0f} s, final loss {loss}", flush=True)
+    return {"steps": steps, "train_seconds": seconds, "final_loss": loss}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=15.0, help="wall-clock training budget of every recipe")
+    parser.add_argument("--recipes", default="reference,ours", help="which recipes (and candidates) to run")
+    parser.add_argument("--candidate", action="append", default=[], metavar="NAME='FLAGS'",
+                        help="an extra recipe: our defaults plus these flags (repeatable)")  # fmt: skip
+    parser.add_argument("--parallel", type=int, default=2, help="training runs at once (one thread each)")
+    parser.add_argument("--samplers", default="ddpm,fast", help="ddpm: 1000 DDPM steps; fast: the default sampler")
+    parser.add_argument("--num-images", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for sampling")
+    parser.add_argument("--output-dir", default=str(ROOT / "outputs" / "bench-recipe"), help="(git-ignored)")
+    parser.add_argument("--grid", default=None, help="default: --output-dir/bench_recipe.png")
+    parser.add_argument("--grid-columns", type=int, default=12)
+    parser.add_argument("--skip-training", action="store_true", help="score the pipelines of an earlier run")
+    args = parser.parse_args()
+
+    recipes = dict(RECIPES)
+    for spec in args.candidate:
+        name, _, flags = spec.partition("=")
+        recipes[name.strip()] = {"label": f"ours + {flags.strip()}", "flags": shlex.split(flags)}
+    names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    for spec in args.candidate:
+        if (name := spec.partition("=")[0].strip()) not in names:
+            names.append(name)
+    unknown = [n for n in names if n not in recipes]
+    if unknown:
+        sys.exit(f"Unknown recipe(s) {', '.join(unknown)}: choose from {', '.join(recipes)} or add --candidate.")
+    samplers = [s.strip() for s in args.samplers.split(",")]
+    output_dir = Path(args.output_dir).resolve()
+    runs_dir = output_dir / "runs"
+    reference_unet = reference_unet_config(output_dir / "reference_unet" / "config.json")
+
+    # ------------------------------------------------------------------------- train, `parallel` at a time
+    training: dict[str, dict] = {}
+    if args.skip_training:
+        training = json.loads((output_dir / "results.json").read_text())["training"]
+    else:
+        queue = list(names)
+        running: list[tuple[str, subprocess.Popen, Path]] = []
+        while queue or running:
+            while queue and len(running) < args.parallel:
+                name = queue.pop(0)
+                flags = [f.format(reference_unet=reference_unet.parent) for f in recipes[name]["flags"]]
+                running.append((name, *launch(name, flags, runs_dir / name, args.minutes, args.seed)))
+            name, process, log_path = running.pop(0)
+            training[name] = finished(name, process, log_path)
+
+    # ------------------------------------------------------------------------- sample and score
+    torch.set_num_threads(args.threads)
+    from anime_ddpm import viz
+    from anime_ddpm.data import DataConfig, take_images
+    from anime_ddpm.metrics import sliced_wasserstein_distance
+    from anime_ddpm.sampling import generate, load_pipeline, with_scheduler
+    from anime_ddpm.training import TrainingConfig
+
+    defaults = TrainingConfig()
+    fast_name, fast_steps = defaults.sample_scheduler, defaults.preview_steps()
+    held_out = take_images(DataConfig(dataset="emoji", split="test", resolution=32, shuffle_buffer=0), TEST_IMAGES)
+    sampler_label = {"ddpm": "DDPM 1000", "fast": f"{fast_name} {fast_steps}"}
+    scores: dict[str, dict[str, float]] = {}
+    samples: dict[tuple[str, str], torch.Tensor] = {}
+    for name in names:
+        pipe = load_pipeline(str(runs_dir / name), device="cpu")
+        pipe.set_progress_bar_config(disable=True)
+        scores[name] = {}
+        for sampler in samplers:
+            driven, steps = (pipe, 1000) if sampler == "ddpm" else (with_scheduler(pipe, fast_name), fast_steps)
+            start = time.perf_counter()
+            images = generate(driven, args.num_images, seed=0, batch_size=64, num_inference_steps=steps) * 2 - 1
+            samples[name, sampler] = images
+            scores[name][sampler] = sliced_wasserstein_distance(images[:TEST_IMAGES], held_out)["avg"]
+            print(f"[{name}] {sampler_label[sampler]}: SWD {scores[name][sampler]:.1f} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+
+    # ------------------------------------------------------------------------- report
+    lines = [f"| recipe | steps in {args.minutes:g} min | final loss | "
+             + " | ".join(f"SWD {sampler_label[s]}" for s in samplers) + " |"]  # fmt: skip
+    lines.append("|---" * (3 + len(samplers)) + "|")
+    for name in names:
+        cells = " | ".join(f"{scores[name][s]:.0f}" for s in samplers)
+        lines.append(f"| {recipes[name]['label']} | {training[name]['steps']} | {training[name]['final_loss']} | {cells} |")  # fmt: skip
+    table = "\n".join(lines)
+    ratios = {}
+    if "reference" in names:
+        for name in names:
+            if name != "reference":
+                ratios[name] = {s: scores["reference"][s] / scores[name][s] for s in samplers}
+
+    columns = min(args.grid_columns, args.num_images)
+    rows, labels = [], []
+    for name in names:
+        for sampler in samplers:
+            rows.append(viz.to_pil((samples[name, sampler][:columns] + 1) / 2, scale=2))
+            labels.append(f"{name}, {sampler_label[sampler]}: SWD {scores[name][sampler]:.0f}")
+    rows.append(viz.to_pil((held_out[:columns] + 1) / 2, scale=2))
+    labels.append("held-out emoji (real)")
+    grid = viz.labelled_table(rows, row_labels=labels, title=f"{args.minutes:g} min each, 32 px; same seeds per column",
+                              group_rows=len(samplers))  # fmt: skip
+    grid_path = Path(args.grid) if args.grid else output_dir / "bench_recipe.png"
+    grid_path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(grid_path)
+
+    report = {
+        "minutes": args.minutes,
+        "recipes": {name: recipes[name] for name in names},
+        "training": training,
+        "swd": scores,
+        "swd_ratio_reference_over": ratios,
+        "fast_sampler": f"{fast_name} {fast_steps}",
+        "grid": str(grid_path),
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "results.json").write_text(json.dumps(report, indent=2))
+    print("\nSWD x1e3 against the 64 held-out emoji test images (lower is better):\n")
+    print(table)
+    for name, ratio in ratios.items():
+        print(f"reference / {name}: " + ", ".join(f"{sampler_label[s]} {r:.2f}x" for s, r in ratio.items()))
+    print(f"\ngrid: {grid_path}; results: {output_dir / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Wall-clock budgets (`--max_train_time`, anime_ddpm/budget.py): parsing, the LR laid over the time, and real runs
+that stop on time with the usual final save and resume with the clock they had."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+
+import pytest
+import torch
+
+from anime_ddpm import training
+from anime_ddpm.budget import TimeBudgetLR, TrainingClock, parse_duration
+from anime_ddpm.training import TrainingConfig, TrainingError
+from tests.test_training_runs import TINY, read_jsonl, start
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("15", 900), ("1.5", 90), ("15m", 900), ("2h", 7200), ("1h30m", 5400), ("90s", 90), ("2m30s", 150),
+     (" 15M ", 900), (0.5, 30)],
+)  # fmt: skip
+def test_durations_in_minutes_or_with_units(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "abc", "15 minutes", "m", "-5", "0", "1d"])
+def test_bad_durations_name_the_accepted_forms(text):
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_bad_budget_is_one_sentence_before_training():
+    with pytest.raises(TrainingError, match=r"--max_train_time: '15 min' is not a duration: give minutes"):
+        TrainingConfig(max_train_time="15 min").validate()
+
+
+class FakeTime:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_clock_counts_only_the_loop_and_carries_over_a_resume():
+    now = FakeTime()
+    clock = TrainingClock(60.0, clock=now)
+    now.now += 30  # set-up: not training time
+    clock.restart()
+    now.now += 45
+    assert clock.elapsed() == 45 and not clock.spent()
+    clock.warmup_end = 5.0
+    state = clock.state_dict()
+
+    resumed = TrainingClock(60.0, clock=now)
+    resumed.load_state_dict(state)
+    now.now += 10  # loading the checkpoint
+    resumed.restart()
+    assert resumed.elapsed() == 45 and resumed.warmup_end == 5.0
+    now.now += 15
+    assert resumed.spent() and resumed.elapsed() == 60
+    assert not TrainingClock(None, clock=now).spent()
+
+
+def test_lr_warms_up_in_steps_then_follows_the_schedule_over_the_time():
+    """Cosine: peak after the warm-up steps, half the peak half-way through the remaining time, zero at the end."""
+    now = FakeTime()
+    clock = TrainingClock(100.0, clock=now)
+    clock.restart()
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    schedule = TimeBudgetLR("cosine", optimizer, num_warmup_steps=4, clock=clock)
+    assert optimizer.param_groups[0]["lr"] == 0  # before the first step, as diffusers' schedule starts
+    for step in range(1, 4):
+        now.now += 5
+        optimizer.step()
+        schedule.step(step, clock.elapsed())
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * step / 4)
+    now.now += 5
+    schedule.step(4, clock.elapsed())  # warm-up over at 20 s: the cosine spans the remaining 80 s
+    assert clock.warmup_end == 20 and optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    schedule.step(5, 60.0)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)
+    schedule.step(6, 80.0)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.75)))
+    schedule.step(7, 130.0)  # past the budget: the end of the schedule, never beyond
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0, abs=1e-12)
+    assert schedule.get_last_lr() == [optimizer.param_groups[0]["lr"]]
+
+
+def test_only_a_budget_means_no_step_limit(monkeypatch):
+    from tests.test_training import _FakeAccelerator, _Stream, _Unsized
+
+    monkeypatch.setattr(training, "logger", logging.getLogger("test"))
+    lengths = [
+        training.training_length(TrainingConfig(**settings), _Stream(), _Unsized(), _FakeAccelerator())
+        for settings in ({"max_train_time": "15m"}, {"max_train_time": "15m", "max_train_steps": 7}, {})
+    ]
+    assert lengths == [None, 7, training.DEFAULT_MAX_TRAIN_STEPS]
+
+
+# ============================================================================================ real runs
+BUDGET = "4s"
+BUDGET_RUN = [
+    *TINY,
+    "--train_batch_size", "4",
+    "--max_train_time", BUDGET,
+    "--debug_step_sleep", "0.2",  # steps of ~0.2 s whatever the machine: ~20 in the budget
+    "--checkpointing_steps", "4",
+    "--lr_warmup_steps", "2",
+    "--learning_rate", "1e-3",
+    "--logging_steps", "2",
+    "--logger", "none",
+    "--save_images_steps", "0",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def budget_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("budget")
+    whole = start([*BUDGET_RUN, "--output_dir", str(root / "whole"), "--debug_dump_dir", str(root / "dump-whole")],
+                  root / "whole.log").wait()  # fmt: skip
+    # Resume a copy of the uninterrupted run's checkpoint-4 with the same budget.
+    (root / "resumed").mkdir()
+    if (root / "whole" / "checkpoint-4").exists():
+        shutil.copytree(root / "whole" / "checkpoint-4", root / "resumed" / "checkpoint-4")
+    resumed = start([*BUDGET_RUN, "--output_dir", str(root / "resumed"), "--resume_from_checkpoint", "latest",
+                     "--debug_dump_dir", str(root / "dump-resumed")], root / "resumed.log").wait()  # fmt: skip
+    return root, whole, resumed
+
+
+@pytest.mark.slow
+def test_a_budgeted_run_stops_on_time_with_the_usual_final_save(budget_runs):
+    root, whole, _ = budget_runs
+    assert whole.returncode == 0, whole.output[-3000:]
+    assert "4 s of training (whichever ends first)" in whole.output
+    for name in ("model_index.json", "samples.png", "README.md", "unet/config.json"):
+        assert (root / "whole" / name).exists(), name
+    records = [r for r in read_jsonl(root / "dump-whole" / "rank0.jsonl") if "lr" in r]
+    steps = len(records)
+    assert 8 <= steps <= 25, steps  # 4 s of ~0.2 s steps (at least the checkpoint the resume needs)
+    lrs = [r["lr"] for r in records]
+    assert lrs[:3] == pytest.approx([0, 5e-4, 1e-3])  # warm-up in steps
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))  # then the cosine, laid over the time...
+    clock = torch.load(root / "whole" / "checkpoint-4" / "trainer_state_0.pt", weights_only=False)["clock"]
+    assert 0 < clock["elapsed"] < 4 and clock["warmup_end"] is not None
+    assert lrs[-1] < 0.15e-3  # ...which ends near zero when the time is up
+
+
+@pytest.mark.slow
+def test_a_resumed_budgeted_run_keeps_the_clock_it_had(budget_runs):
+    root, whole, resumed = budget_runs
+    assert resumed.returncode == 0, resumed.output[-3000:]
+    assert "Resuming from" in resumed.output
+    whole_steps = [r["step"] for r in read_jsonl(root / "dump-whole" / "rank0.jsonl") if "lr" in r]
+    resumed_steps = [r["step"] for r in read_jsonl(root / "dump-resumed" / "rank0.jsonl") if "lr" in r]
+    assert resumed_steps[0] == 5
+    # The budget was not restarted: the resumed run stops about where the uninterrupted one did (a fresh 4 s from
+    # step 5 would have taken it ~16 steps further), allowing for a loaded machine.
+    assert resumed_steps[-1] <= whole_steps[-1] + 3, (resumed_steps[-1], whole_steps[-1])
+    assert (root / "resumed" / "model_index.json").exists()
