@@ -20,6 +20,14 @@ from diffusers.utils.torch_utils import randn_tensor
 
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+# k-diffusion samplers whose `step` takes epsilon or v but raises for an x_0 ("sample") model: for them the pipeline
+# turns x_0 into epsilon in their sigma space (latents = x_0 + sigma * eps).
+EPSILON_ONLY_SCHEDULERS = (
+    "EulerAncestralDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "DPMSolverSDEScheduler",
+)
 CALLBACK_TENSOR_INPUTS = ("latents", "pred_original_sample", "model_output")
 
 
@@ -302,44 +310,61 @@ class AnimeDDPMPipeline(DiffusionPipeline):
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
         latents = latents.to(device=device, dtype=torch.float32)
 
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        latents = latents * self.scheduler.init_noise_sigma
-        step_kwargs = self._step_kwargs(generator, eta)
-        learned_variance = self._uses_learned_variance()
-        prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
-        timesteps = self.scheduler.timesteps
-        self._num_timesteps = len(timesteps)
+        scheduler = self.scheduler
+        prediction_type = scheduler.config.get("prediction_type", "epsilon")
+        x0_to_epsilon = prediction_type == "sample" and type(scheduler).__name__ in EPSILON_ONLY_SCHEDULERS
+        if x0_to_epsilon:  # told to expect epsilon for this call only (restored below)
+            scheduler.register_to_config(prediction_type="epsilon")
+        try:
+            scheduler.set_timesteps(num_inference_steps, device=device)
+            latents = latents * scheduler.init_noise_sigma
+            step_kwargs = self._step_kwargs(generator, eta)
+            learned_variance = self._uses_learned_variance()
+            timesteps = scheduler.timesteps
+            self._num_timesteps = len(timesteps)
 
-        for i, t in enumerate(self.progress_bar(timesteps)):
-            model_input = self.scheduler.scale_model_input(latents, t)
-            unet_input = torch.cat([model_input] * 2) if guided else model_input
-            timestep_batch = t.expand(unet_input.shape[0]) if t.ndim == 0 else t
-            model_output = self.unet(unet_input.to(dtype), timestep_batch, class_labels=class_labels).sample.float()
-            if guided:
-                cond, uncond = model_output.chunk(2)
-                # Guide the mean channels only; the variance channels come from the conditional prediction.
-                cond[:, :channels] = uncond[:, :channels] + guidance_scale * (
-                    cond[:, :channels] - uncond[:, :channels]
-                )
-                model_output = cond
-            if model_output.shape[1] == 2 * channels and not learned_variance:
-                model_output = model_output[:, :channels]
+            for i, t in enumerate(self.progress_bar(timesteps)):
+                model_input = scheduler.scale_model_input(latents, t)
+                unet_input = torch.cat([model_input] * 2) if guided else model_input
+                timestep_batch = t.expand(unet_input.shape[0]) if t.ndim == 0 else t
+                model_output = self.unet(
+                    unet_input.to(dtype), timestep_batch, class_labels=class_labels
+                ).sample.float()
+                if guided:
+                    cond, uncond = model_output.chunk(2)
+                    # Guide the mean channels only; the variance channels come from the conditional prediction.
+                    cond[:, :channels] = uncond[:, :channels] + guidance_scale * (
+                        cond[:, :channels] - uncond[:, :channels]
+                    )
+                    model_output = cond
+                if model_output.shape[1] == 2 * channels and not learned_variance:
+                    model_output = model_output[:, :channels]
+                if x0_to_epsilon:
+                    # model_input = latents / sqrt(sigma^2 + 1) at this step, which gives sigma without touching the
+                    # scheduler's internals; then epsilon = (latents - x_0) / sigma.
+                    c_in = (scheduler.scale_model_input(torch.ones((), device=device), t)).float()
+                    sigma = (1.0 / c_in**2 - 1.0).clamp(min=1e-12).sqrt()
+                    model_output = (latents - model_output) / sigma
+                    prediction_type = "epsilon"
 
-            step_output = self.scheduler.step(model_output, t, latents, **step_kwargs)
-            latents = step_output.prev_sample
+                step_output = scheduler.step(model_output, t, latents, **step_kwargs)
+                latents = step_output.prev_sample
 
-            if callback_on_step_end is not None:
-                tensors = {"latents": latents, "model_output": model_output}
-                if "pred_original_sample" in callback_on_step_end_tensor_inputs:
-                    pred_x0 = getattr(step_output, "pred_original_sample", None)
-                    if pred_x0 is None:
-                        pred_x0 = predict_original_sample(
-                            model_output[:, :channels], model_input, self._alpha_prod(t), prediction_type
-                        )
-                    tensors["pred_original_sample"] = pred_x0
-                callback_kwargs = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
-                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
-                latents = callback_outputs.get("latents", latents)
+                if callback_on_step_end is not None:
+                    tensors = {"latents": latents, "model_output": model_output}
+                    if "pred_original_sample" in callback_on_step_end_tensor_inputs:
+                        pred_x0 = getattr(step_output, "pred_original_sample", None)
+                        if pred_x0 is None:
+                            pred_x0 = predict_original_sample(
+                                model_output[:, :channels], model_input, self._alpha_prod(t), prediction_type
+                            )
+                        tensors["pred_original_sample"] = pred_x0
+                    callback_kwargs = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
+                    latents = callback_outputs.get("latents", latents)
+        finally:
+            if x0_to_epsilon:
+                scheduler.register_to_config(prediction_type="sample")
 
         image = (latents / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":

@@ -58,7 +58,9 @@ from .schedulers import DEFAULT_STEPS, SCHEDULERS, scheduler_from
 
 logger = get_logger(__name__)
 
-DEFAULT_MAX_TRAIN_STEPS = 1000  # when neither --max_train_steps nor --num_epochs is given
+# Without --max_train_steps, --num_epochs or --max_train_time, a run trains for this long: the budget the default
+# recipe was chosen for (bench/bench_recipe.py), and a predictable wait on any machine.
+DEFAULT_MAX_TRAIN_TIME = "15m"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TMP_PREFIX = ".tmp-checkpoint-"  # must not start with "checkpoint": `latest` (ours and diffusers') ignores it
 OLD_PREFIX = ".old-checkpoint-"
@@ -106,10 +108,10 @@ class TrainingConfig:
     # ---- model and noise schedule
     model: str = _opt("small", "UNet preset (one attention head per block).", choices=tuple(PRESETS), group="model")  # fmt: skip
     model_config_name_or_path: str | None = _opt(None, "A UNet2DModel config (folder, config.json or Hub id) to use instead of --model.", type=str, group="model", example=True)  # fmt: skip
-    prediction_type: str = _opt("epsilon", "What the UNet predicts.", choices=losses.PREDICTION_TYPES, group="model", example=True)  # fmt: skip
+    prediction_type: str = _opt("sample", "What the UNet predicts: sample (x_0; our default: the colours and backgrounds of a short run come out right, see bench/bench_recipe.py), epsilon (DDPM and diffusers' default) or v_prediction.", choices=losses.PREDICTION_TYPES, group="model", example=True)  # fmt: skip
     variance_type: str = _opt("fixed_small", "fixed_small, or learned_range: the UNet also learns the variance (Improved DDPM hybrid loss, 2x output channels).", choices=("fixed_small", "learned_range"), group="model")  # fmt: skip
     ddpm_num_steps: int = _opt(1000, "Diffusion steps T of the training chain.", group="model", example=True)
-    ddpm_beta_schedule: str = _opt("linear", "Beta schedule ('cosine' = squaredcos_cap_v2, Improved DDPM).", choices=(*losses.BETA_SCHEDULES, "cosine"), group="model", example=True)  # fmt: skip
+    ddpm_beta_schedule: str = _opt("squaredcos_cap_v2", "Beta schedule (squaredcos_cap_v2 = 'cosine', Improved DDPM; diffusers' default is linear).", choices=(*losses.BETA_SCHEDULES, "cosine"), group="model", example=True)  # fmt: skip
     ddpm_num_inference_steps: int = _opt(1000, "Sampling steps for previews when --sample_scheduler is ddpm (diffusers' meaning).", group="model", example=True)  # fmt: skip
     snr_gamma: float | None = _opt(None, "Min-SNR loss weighting gamma (Hang et al. 2023; 5 is the paper's choice). Default: off.", type=float, group="model")  # fmt: skip
     enable_xformers_memory_efficient_attention: bool = _opt(False, "Use xformers attention (needs xformers and a GPU).", group="model", example=True)  # fmt: skip
@@ -117,12 +119,12 @@ class TrainingConfig:
     class_dropout_prob: float = _opt(0.1, "With --condition_on_source: probability of replacing a label by the null class (classifier-free guidance).", group="model")  # fmt: skip
 
     # ---- optimisation
-    train_batch_size: int = _opt(32, "Batch size per process (the total is x processes x accumulation).", group="optimisation", example=True)  # fmt: skip
-    max_train_steps: int | None = _opt(None, f"Optimiser steps to train (default {DEFAULT_MAX_TRAIN_STEPS} unless --num_epochs is given); with --num_epochs too, whichever ends first.", type=int, group="optimisation")  # fmt: skip
+    train_batch_size: int = _opt(16, "Batch size per process (the total is x processes x accumulation).", group="optimisation", example=True)  # fmt: skip
+    max_train_steps: int | None = _opt(None, f"Optimiser steps to train; with --num_epochs or --max_train_time too, whichever ends first. With none of the three, training runs for {DEFAULT_MAX_TRAIN_TIME} (give steps for runs that repeat bitwise).", type=int, group="optimisation")  # fmt: skip
     max_train_time: str | None = _opt(None, "Wall-clock budget of the training loop: minutes (e.g. 15) or a duration (15m, 2h, 1h30m). Training ends cleanly when it is spent (same final save); the LR schedule after warm-up is laid over the time, not over steps. With --max_train_steps or --num_epochs too, whichever ends first.", type=str, group="optimisation")  # fmt: skip
     num_epochs: int | None = _opt(None, "Passes over the data (needs a dataset of known length; diffusers' default is 100, ours is --max_train_steps).", type=int, group="optimisation", example=True)  # fmt: skip
     gradient_accumulation_steps: int = _opt(1, "Micro-batches per optimiser step.", group="optimisation", example=True)  # fmt: skip
-    learning_rate: float = _opt(5e-4, "Peak learning rate (after warm-up).", group="optimisation", example=True)
+    learning_rate: float = _opt(1e-3, "Peak learning rate (after warm-up).", group="optimisation", example=True)
     lr_scheduler: str = _opt("cosine", "LR schedule (diffusers' get_scheduler), counted in optimiser steps.", choices=tuple(str(k.value) for k in TYPE_TO_SCHEDULER_FUNCTION), group="optimisation", example=True)  # fmt: skip
     lr_warmup_steps: int = _opt(100, "Linear warm-up, in optimiser steps.", group="optimisation", example=True)
     adam_beta1: float = _opt(0.95, "AdamW beta1.", group="optimisation", example=True)
@@ -134,7 +136,7 @@ class TrainingConfig:
     ema_inv_gamma: float = _opt(1.0, "EMA warm-up inverse gamma: decay = 1 - (1 + step / inv_gamma) ** -power.", group="optimisation", example=True)  # fmt: skip
     ema_power: float = _opt(0.75, "EMA warm-up power.", group="optimisation", example=True)
     ema_max_decay: float = _opt(0.9999, "EMA maximum decay.", group="optimisation", example=True)
-    mixed_precision: str | None = _opt(None, "no, fp16 (GPU only) or bf16; default: what `accelerate launch`/config says, else no.", type=str, choices=("no", "fp16", "bf16"), group="optimisation", example=True)  # fmt: skip
+    mixed_precision: str | None = _opt(None, "no, fp16 (GPU only) or bf16. Default: fp16/bf16 when `accelerate launch` or its config asks for it, else bf16 where the hardware runs it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else no (fp32).", type=str, choices=("no", "fp16", "bf16"), group="optimisation", example=True)  # fmt: skip
     compile: bool = _opt(False, "Experimental: compile the UNet with torch.compile (minutes of start-up; ~1.2x at 32 px bf16 on a CPU; gradients differ from eager, see bench/README.md).", group="optimisation")  # fmt: skip
     seed: int = _opt(0, "Seed for the weights, the noise and the data order.", group="optimisation")
     max_nonfinite_steps: int = _opt(5, "Skip optimiser steps with a non-finite loss or gradient norm, and stop after this many in a row (0: no check, no host sync per step).", group="optimisation")  # fmt: skip
@@ -193,7 +195,12 @@ class TrainingConfig:
         return f"ddpm-{slug}-{self.resolution}"
 
     def budget_seconds(self) -> float | None:
-        return parse_duration(self.max_train_time) if self.max_train_time is not None else None
+        """The time budget: --max_train_time, else the default one when nothing else limits the run."""
+        if self.max_train_time is not None:
+            return parse_duration(self.max_train_time)
+        if self.max_train_steps is None and self.num_epochs is None:
+            return parse_duration(DEFAULT_MAX_TRAIN_TIME)
+        return None
 
     def preview_steps(self) -> int:
         if self.sample_steps:
@@ -532,6 +539,31 @@ def fp32_group_norms(model: torch.nn.Module) -> int:
     return count
 
 
+def resolve_mixed_precision(requested: str | None, environ: dict[str, str] | None = None,
+                            cpu_flags: str | None = None) -> str:  # fmt: skip
+    """The precision to train in: the flag; else the launcher's fp16/bf16; else bf16 where it is native, else no.
+
+    bf16 autocast is ~1.3x faster on a CPU with AVX512-BF16 (bench_recipe.py) and trains as well at our sizes; on
+    CPUs without it, bf16 is emulated and slower than fp32. `accelerate launch` always sets a precision ("no"
+    unless told), so only its fp16/bf16 count as a choice; pass --mixed_precision no to the script for fp32.
+    """
+    if requested:
+        return requested
+    environ = os.environ if environ is None else environ
+    launcher = environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if launcher in ("fp16", "bf16", "fp8"):
+        return launcher
+    use_cpu = environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
+    if torch.cuda.is_available() and not use_cpu:
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "no"
+    if cpu_flags is None:
+        try:
+            cpu_flags = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: do not guess
+            cpu_flags = ""
+    return "bf16" if re.search(r"\b(avx512_bf16|amx_bf16)\b", cpu_flags) else "no"
+
+
 def speed_up_model(config: TrainingConfig, model: torch.nn.Module, accelerator: Accelerator,
                    groupnorm_fp32: bool = False) -> torch.nn.Module:  # fmt: skip
     """Speed-ups that keep the maths, applied to the prepared model in place (its state_dict keys do not change).
@@ -552,7 +584,7 @@ def speed_up_model(config: TrainingConfig, model: torch.nn.Module, accelerator: 
 
 def training_length(config: TrainingConfig, dataset, loader, accelerator: Accelerator) -> int | None:
     """Optimiser steps to train: --max_train_steps, --num_epochs (data of known size), whichever ends first; None
-    when only --max_train_time limits the run."""
+    when only a time budget limits the run."""
     steps = [config.max_train_steps] if config.max_train_steps else []
     if config.num_epochs:
         try:
@@ -568,9 +600,7 @@ def training_length(config: TrainingConfig, dataset, loader, accelerator: Accele
             # Ranks may hold different shares: all must take the same number of steps, so use the smallest.
             batches = int(accelerator.gather(torch.tensor([batches], device=accelerator.device)).min())
             steps.append(config.num_epochs * math.ceil(batches / config.gradient_accumulation_steps))
-    if steps:
-        return min(steps)
-    return None if config.max_train_time is not None else DEFAULT_MAX_TRAIN_STEPS
+    return min(steps) if steps else None
 
 
 def noise_generator(seed: int, rank: int, device: torch.device) -> torch.Generator:
@@ -851,7 +881,7 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
     # ---------------------------------------------------------------- Accelerator, logging, seed
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        mixed_precision=config.mixed_precision,
+        mixed_precision=resolve_mixed_precision(config.mixed_precision),
         log_with=None if config.logger == "none" else config.logger,
         project_config=ProjectConfiguration(
             project_dir=output_dir, logging_dir=os.path.join(output_dir, config.logging_dir)
@@ -902,7 +932,7 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
     # Not passed to accelerator.prepare: we step it once per optimiser step, so warm-up and length are in optimiser
     # steps whatever the accumulation and process count (Accelerate's wrapper steps it once per process). With a
     # time budget (and no step limit) the schedule after warm-up is laid over the budget's seconds instead.
-    if config.max_train_time is not None and max_train_steps is None:
+    if max_train_steps is None:  # only a time budget (--max_train_time or the default one)
         lr_scheduler = TimeBudgetLR(config.lr_scheduler, optimizer, config.lr_warmup_steps, clock)
     else:
         lr_scheduler = get_scheduler(
@@ -958,13 +988,14 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
                               total_batch_size=total_batch_size, num_parameters=num_parameters,
                               mixed_precision_resolved=accelerator.mixed_precision),
     )  # fmt: skip
-    length = " or ".join(
-        ([f"{max_train_steps} optimiser steps"] if max_train_steps is not None else [])
-        + ([f"{format_duration(clock.budget_seconds)} of training"] if clock.budget_seconds is not None else [])
+    limits = ([f"{max_train_steps} optimiser steps"] if max_train_steps is not None else []) + (
+        [f"{format_duration(clock.budget_seconds)} of training"] if clock.budget_seconds is not None else []
     )
+    length = " or ".join(limits) + (" (whichever ends first)" if len(limits) > 1 else "")
     logger.info(
         f"Training {num_parameters / 1e6:.2f}M parameters on {accelerator.device} x {world_size} process(es), "
-        f"{accelerator.mixed_precision} precision: {length} (whichever ends first) of {total_batch_size} images "
+        f"{'fp32' if accelerator.mixed_precision == 'no' else accelerator.mixed_precision} precision: {length} "
+        f"of {total_batch_size} images "
         f"({config.train_batch_size} per process x {config.gradient_accumulation_steps} accumulation), "
         f"starting at step {global_step}; output in {output_dir}"
     )
@@ -1028,7 +1059,8 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
         nonfinite_in_a_row = 0
 
         # -- the optimiser step happened: LR schedule, EMA, counters
-        debug.write(step=global_step + 1, lr=optimizer.param_groups[0]["lr"], examples=debug.hashes)
+        debug.write(step=global_step + 1, lr=optimizer.param_groups[0]["lr"], examples=debug.hashes,
+                    elapsed=round(clock.elapsed(), 4))  # fmt: skip
         if ema is not None:
             ema.step(accelerator.unwrap_model(model).parameters())
         global_step += 1

@@ -60,8 +60,8 @@ TRAIN_IMAGES = 571  # the emoji train split
 TRAINED = re.compile(r"Trained (\d+) steps in (\d+) s; final loss ([-\w.]+)")
 
 
-def train(args: argparse.Namespace, name: str, run_dir: Path) -> dict:
-    """One training run in a subprocess; returns the steps, the trainer's own loop time and the wall time."""
+def train(args: argparse.Namespace, name: str, run_dir: Path) -> subprocess.Popen:
+    """Start one training run in a subprocess; `finish` waits for it."""
     if args.launcher == "accelerate":
         accelerate = Path(sys.executable).with_name("accelerate")
         launcher = [str(accelerate) if accelerate.exists() else "accelerate", "launch", "--num_processes", "1",
@@ -80,7 +80,7 @@ def train(args: argparse.Namespace, name: str, run_dir: Path) -> dict:
         "--learning_rate", str(args.learning_rate),
         "--lr_warmup_steps", str(args.lr_warmup_steps),
         "--seed", str(args.seed),
-        "--mixed_precision", "no",
+        "--mixed_precision", args.mixed_precision,
         "--checkpointing_steps", str(10**9),
         "--save_images_steps", "0",
         "--num_samples", "4",  # the trainer's own samples.png: keep it cheap, the benchmark samples itself
@@ -93,13 +93,20 @@ def train(args: argparse.Namespace, name: str, run_dir: Path) -> dict:
     log_path = run_dir.with_suffix(".log")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     print(f"[{name}] training: {' '.join(command)}", flush=True)
-    start = time.perf_counter()
     with open(log_path, "w") as log:
-        result = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - start
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process.started = time.perf_counter()  # type: ignore[attr-defined]
+    return process
+
+
+def finish(args: argparse.Namespace, name: str, run_dir: Path, process: subprocess.Popen) -> dict:
+    """Wait for a run; returns the steps, the trainer's own loop time and the wall time."""
+    returncode = process.wait()
+    wall = time.perf_counter() - process.started  # type: ignore[attr-defined]
+    log_path = run_dir.with_suffix(".log")
     text = log_path.read_text(errors="replace")
-    if result.returncode != 0:
-        sys.exit(f"[{name}] training failed (exit {result.returncode}); last lines of {log_path}:\n{text[-3000:]}")
+    if returncode != 0:
+        sys.exit(f"[{name}] training failed (exit {returncode}); last lines of {log_path}:\n{text[-3000:]}")
     match = TRAINED.search(text)
     steps, loop_seconds, loss = (int(match[1]), float(match[2]), match[3]) if match else (args.steps, wall, "?")
     print(
@@ -140,6 +147,11 @@ def main() -> None:
     parser.add_argument("--sample-steps", default="1000,50", help="DDPM sampling step counts (respaced)")
     parser.add_argument("--sample-batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads here and in the trainer (busy machine)")
+    parser.add_argument(
+        "--sample-threads", type=int, default=None, help="torch threads for sampling (default --threads)"
+    )
+    parser.add_argument("--parallel", type=int, default=2, help="training runs at once (same load for both)")
+    parser.add_argument("--mixed-precision", default="no", choices=("no", "bf16"), help="of both training runs")
     parser.add_argument("--launcher", choices=("accelerate", "python"), default="accelerate")
     parser.add_argument("--configs", default="a,b", help="which of the configs to run")
     args = parser.parse_args()
@@ -156,6 +168,7 @@ def main() -> None:
     # ------------------------------------------------------------------------- train
     runs_dir = output_dir / "runs"
     training: dict[str, dict] = {}
+    running: list[tuple[str, Path, subprocess.Popen]] = []
     for name in names:
         run_dir = runs_dir / name
         if args.skip_training:
@@ -166,8 +179,14 @@ def main() -> None:
         else:
             if run_dir.exists():
                 shutil.rmtree(run_dir)
-            training[name] = train(args, name, run_dir)
+            if len(running) >= args.parallel:
+                done_name, done_dir, process = running.pop(0)
+                training[done_name] = finish(args, done_name, done_dir, process)
+            running.append((name, run_dir, train(args, name, run_dir)))
+    for done_name, done_dir, process in running:
+        training[done_name] = finish(args, done_name, done_dir, process)
 
+    torch.set_num_threads(args.sample_threads or args.threads)
     # ------------------------------------------------------------------------- references
     data = dict(dataset="emoji", resolution=args.resolution, shuffle_buffer=0)
     held_out = take_images(DataConfig(split="test", **data), TEST_IMAGES)  # all 64 held-out images, [-1, 1]
@@ -210,6 +229,8 @@ def main() -> None:
         "train_steps": sorted({training[name]["steps"] for name in names}),
         "launcher": args.launcher,
         "threads": args.threads,
+        "parallel_runs": args.parallel,
+        "mixed_precision": args.mixed_precision,
         "num_images": args.num_images,
         "reference": f"emoji test split, {len(held_out)} images",
         "sampler": "the saved DDPMScheduler, 'leading' spacing; sample i seeded with i",

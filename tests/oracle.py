@@ -11,7 +11,7 @@ from diffusers.models.unets.unet_2d import UNet2DOutput
 
 
 class GaussianOracleUNet(UNet2DModel):
-    def __init__(self, mean, std, alphas_cumprod, sample_size=8, scheduler=None):
+    def __init__(self, mean, std, alphas_cumprod, sample_size=8, scheduler=None, prediction_type="epsilon"):
         super().__init__(
             sample_size=sample_size,
             block_out_channels=(4, 4),
@@ -24,6 +24,7 @@ class GaussianOracleUNet(UNet2DModel):
         self.data_std = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
         abar = np.asarray(alphas_cumprod, dtype=np.float64)
         self.train_sigmas = np.sqrt((1 - abar) / abar)
+        self.prediction_type = prediction_type  # "epsilon", or "sample": the exact E[x_0 | x_t] instead
         self.scheduler = scheduler  # sigma-space samplers (Euler, Heun) map fractional timesteps to their own sigmas
 
     def alpha_prod(self, timestep):
@@ -42,4 +43,7 @@ class GaussianOracleUNet(UNet2DModel):
         abar = self.alpha_prod(timestep)
         variance = abar * self.data_std**2 + (1 - abar)
         eps = (1 - abar).sqrt() * (x - abar.sqrt() * self.data_mean) / variance
+        if self.prediction_type == "sample":
+            x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+            return UNet2DOutput(sample=x0.to(sample.dtype))
         return UNet2DOutput(sample=eps.to(sample.dtype))

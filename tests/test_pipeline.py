@@ -50,13 +50,14 @@ ORACLE_MEAN = (-0.3, 0.0, 0.3)
 ORACLE_STD = (0.6, 0.5, 0.7)
 
 
-def oracle_pipeline(name):
+def oracle_pipeline(name, prediction_type="epsilon"):
     # clip_sample=False: clipping x0 to [-1, 1] is right for images but would narrow this Gaussian's tails.
-    base = DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    base = DDPMScheduler(num_train_timesteps=1000, clip_sample=False, prediction_type=prediction_type)
     scheduler = scheduler_from(name, base)
     oracle = GaussianOracleUNet(
-        ORACLE_MEAN, ORACLE_STD, base.alphas_cumprod.numpy(), sample_size=16, scheduler=scheduler
-    )
+        ORACLE_MEAN, ORACLE_STD, base.alphas_cumprod.numpy(), sample_size=16, scheduler=scheduler,
+        prediction_type=prediction_type,
+    )  # fmt: skip
     pipe = AnimeDDPMPipeline(unet=oracle, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -93,6 +94,17 @@ def test_sampler_reaches_the_data_distribution(name, steps, rtol):
     x = final_sample(oracle_pipeline(name), steps)
     np.testing.assert_allclose(x.mean(dim=(0, 2, 3)).numpy(), ORACLE_MEAN, atol=0.02)
     np.testing.assert_allclose(x.std(dim=(0, 2, 3)).numpy(), ORACLE_STD, rtol=rtol)
+
+
+@pytest.mark.parametrize("name,steps,rtol", [("euler-a", 500, 0.03), ("dpm++", 25, 0.03), ("heun", 25, 0.03)])
+def test_x0_models_reach_the_data_distribution_with_every_sampler(name, steps, rtol):
+    """An x_0 ("sample") model, our default, also with Euler ancestral, whose step takes only epsilon or v: the
+    pipeline converts x_0 to epsilon for it and leaves the scheduler's config as it was."""
+    pipe = oracle_pipeline(name, prediction_type="sample")
+    x = final_sample(pipe, steps)
+    np.testing.assert_allclose(x.mean(dim=(0, 2, 3)).numpy(), ORACLE_MEAN, atol=0.02)
+    np.testing.assert_allclose(x.std(dim=(0, 2, 3)).numpy(), ORACLE_STD, rtol=rtol)
+    assert pipe.scheduler.config.prediction_type == "sample"
 
 
 def test_ddim_eta_one_is_stochastic_and_still_correct():

@@ -401,7 +401,7 @@ class _Unsized:
 @pytest.mark.parametrize(
     "settings, num_examples, expected",
     [
-        ({}, None, training.DEFAULT_MAX_TRAIN_STEPS),
+        ({}, None, None),  # only the default time budget
         ({"max_train_steps": 10}, None, 10),
         ({"num_epochs": 3}, 200, 3 * math.ceil(13 / 2)),  # 100 per rank / batch 8 = 13 batches, 2 per step
         ({"num_epochs": 3, "max_train_steps": 10}, 200, 10),
@@ -422,7 +422,7 @@ def test_epochs_of_a_stream_of_unknown_length_need_max_train_steps():
 def test_tracker_config_is_scalars_without_the_token():
     values = training.tracker_config(TrainingConfig(hub_token="hf_secret"), extra=(1, 2))
     assert "hub_token" not in values and "debug_dump_dir" not in values
-    assert values["dataset"] == "None" and values["extra"] == "(1, 2)" and values["learning_rate"] == 5e-4
+    assert values["dataset"] == "None" and values["extra"] == "(1, 2)" and values["learning_rate"] == 1e-3
     assert all(isinstance(v, (int, float, str, bool)) for v in values.values())
 
 
@@ -438,3 +438,20 @@ def test_preview_samplers_clip_the_predicted_x0_like_ddpm():
     assert "thresholding" not in scheduler_from("euler", base).config
     unclipped = make_noise_scheduler(clip_sample=False)
     assert not scheduler_from("dpm++", unclipped).config.thresholding
+
+
+@pytest.mark.parametrize(
+    "flag, launcher, cpu_flags, expected",
+    [
+        ("no", "bf16", "avx512_bf16", "no"),  # the script's flag wins
+        (None, "bf16", "", "bf16"),  # then the launcher's fp16/bf16
+        (None, "fp16", "avx512_bf16", "fp16"),
+        (None, "no", "fpu avx512f avx512_bf16 sse", "bf16"),  # `accelerate launch` says "no" unless told
+        (None, None, "fpu amx_bf16 amx_tile", "bf16"),
+        (None, "no", "fpu avx512f avx512bw", "no"),  # bf16 would be emulated: slower than fp32
+    ],
+)
+def test_default_precision_is_bf16_only_where_the_hardware_has_it(flag, launcher, cpu_flags, expected, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    environ = {"ACCELERATE_MIXED_PRECISION": launcher} if launcher else {}
+    assert training.resolve_mixed_precision(flag, environ, cpu_flags) == expected

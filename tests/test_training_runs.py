@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "train_with_accelerate.py")
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 # A tiny UNet at 16 px: a step takes milliseconds, so a run is mostly the ~5-9 s of start-up.
-TINY = ["--model", "tiny", "--resolution", "16", "--sample_steps", "4", "--eval_batch_size", "4", "--num_samples", "4"]
+# fp32 unless a test says otherwise (the default is bf16 on CPUs that have it natively).
+TINY = ["--model", "tiny", "--resolution", "16", "--sample_steps", "4", "--eval_batch_size", "4", "--num_samples", "4",
+        "--mixed_precision", "no"]  # fmt: skip
 
 
 def env(**extra: str) -> dict[str, str]:
