@@ -56,6 +56,11 @@ def ddp_runs(tmp_path_factory):
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(images / f"{i:03d}.png")
     run_a = start(ddp_args(images, root / "a", root / "dump-a"), root / "a.log", launcher=ddp_launcher(29517),
                   ACCELERATE_USE_CPU="true")  # fmt: skip
+    # T: a 3-second budget instead of a step count; the ranks must agree on when to stop and on every LR.
+    timed_args = ddp_args(images, root / "t", root / "dump-t")
+    index = timed_args.index("--max_train_steps")
+    timed_args[index : index + 2] = ["--max_train_time", "3s", "--debug_step_sleep", "0.1"]
+    run_t = start(timed_args, root / "t.log", launcher=ddp_launcher(29520), ACCELERATE_USE_CPU="true")
     b1 = start([*ddp_args(images, root / "b", root / "dump-b1"), "--debug_step_sleep", "1"], root / "b1.log",
                launcher=ddp_launcher(29518), ACCELERATE_USE_CPU="true")  # fmt: skip
     wait_for(root / "b" / "checkpoint-2", b1)
@@ -63,9 +68,12 @@ def ddp_runs(tmp_path_factory):
     b2 = start([*ddp_args(images, root / "b", root / "dump-b2"), "--resume_from_checkpoint", "latest"],
                root / "b2.log", launcher=ddp_launcher(29519), ACCELERATE_USE_CPU="true").wait()  # fmt: skip
     run_a.wait()
-    for run in (run_a, b2):
+    run_t.wait()
+    for run in (run_a, b2, run_t):
         assert run.returncode == 0, run.output[-5000:]
-    dumps = {name: [read_jsonl(root / f"dump-{name}" / f"rank{r}.jsonl") for r in range(2)] for name in ("a", "b2")}
+    dumps = {
+        name: [read_jsonl(root / f"dump-{name}" / f"rank{r}.jsonl") for r in range(2)] for name in ("a", "b2", "t")
+    }
     return types.SimpleNamespace(root=root, a=root / "a", b=root / "b", dumps=dumps, output=run_a.output, b2=b2)
 
 
@@ -129,3 +137,10 @@ def test_a_killed_ddp_run_resumes_every_rank_where_it_was(ddp_runs):
         after_a = [r["examples"] for r in ddp_runs.dumps["a"][rank] if r.get("step", 0) > 2 and "examples" in r]
         after_b = [r["examples"] for r in ddp_runs.dumps["b2"][rank] if "examples" in r]
         assert after_a == after_b and len(after_b) == 2
+
+
+def test_a_time_budget_stops_every_rank_at_the_same_step_with_the_same_lr(ddp_runs):
+    """Each rank's own clock differs a little; rank 0's is broadcast, so the stop and the LR laid over the time agree."""
+    steps = [[(r["step"], r["lr"]) for r in records if "lr" in r] for records in ddp_runs.dumps["t"]]
+    assert len(steps[0]) >= 4 and steps[0] == steps[1]
+    assert (ddp_runs.root / "t" / "model_index.json").exists()
