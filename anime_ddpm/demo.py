@@ -284,12 +284,12 @@ def _describe(pipe: AnimeDDPMPipeline, model_name: str, model_ref: str) -> str:
     size = f"{size}x{size}" if isinstance(size, int) else "x".join(map(str, size))
     params = sum(p.numel() for p in pipe.unet.parameters())
     params = f"{params / 1e6:.1f}M" if params >= 1e6 else f"{params / 1e3:.0f}k"
-    train_steps = pipe.scheduler.config.num_train_timesteps
+    diffusion_steps = pipe.scheduler.config.num_train_timesteps  # T of the noise schedule, not optimiser steps
     extra = f", domains: {', '.join(pipe.domains)}" if pipe.domains else ""
     domain = " [--domain D --guidance-scale G]" if pipe.domains else ""
     return (
         f"# anime-ddpm: {model_name}\n"
-        f"A denoising diffusion model ({params} parameters, {size} px, {train_steps} training steps{extra}). "
+        f"A denoising diffusion model ({params} parameters, {size} px, T = {diffusion_steps} diffusion steps{extra}). "
         "Pick a seed, a sampler and a number of steps, and watch the reverse process turn noise into faces: "
         "**x_t** is the current noisy sample, **predicted x_0** the model's guess of the final image. The same settings "
         f"give the grid of `anime-ddpm sample {model_ref} --seed S --scheduler NAME --steps N --num K{domain}`."
