@@ -64,10 +64,6 @@ class TrainingClock:
         """Start counting now from the seconds carried over (call when the loop starts)."""
         self._started = self._clock()
 
-    def set_elapsed(self, seconds: float) -> None:
-        """Agree on a time (resume, or rank 0's clock broadcast to every process)."""
-        self._carried, self._started = float(seconds), self._clock()
-
     def spent(self, elapsed: float | None = None) -> bool:
         if self.budget_seconds is None:
             return False
@@ -80,11 +76,12 @@ class TrainingClock:
         start = self.warmup_end or 0.0
         return min(max((elapsed - start) / max(self.budget_seconds - start, 1e-9), 0.0), 1.0)
 
-    def state_dict(self) -> dict[str, float | None]:
-        return {"elapsed": self.elapsed(), "warmup_end": self.warmup_end}
+    def state_dict(self, elapsed: float | None = None) -> dict[str, float | None]:
+        """`elapsed`: the time all processes agreed on (default: this process's clock)."""
+        return {"elapsed": self.elapsed() if elapsed is None else elapsed, "warmup_end": self.warmup_end}
 
     def load_state_dict(self, state: dict) -> None:
-        self.set_elapsed(state.get("elapsed", 0.0))
+        self._carried, self._started = float(state.get("elapsed", 0.0)), self._clock()
         self.warmup_end = state.get("warmup_end")
 
 

@@ -1079,13 +1079,13 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
         if global_step % config.logging_steps == 0 or done:
             totals = accelerator.reduce(torch.stack(list(window.values())), reduction="sum").tolist()
             sums = dict(zip(window, totals))
-            elapsed = time.perf_counter() - window_start - paused
+            window_seconds = time.perf_counter() - window_start - paused
             logs = {
                 "loss": sums["loss"] / max(sums["micro"], 1),
                 "loss_simple": sums["simple"] / max(sums["micro"], 1),
                 "grad_norm": sums["grad_norm"] / max(sums["steps"], 1) / world_size,
                 "lr": lr_scheduler.get_last_lr()[0],
-                "images_per_sec": sums["images"] / max(elapsed, 1e-9),
+                "images_per_sec": sums["images"] / max(window_seconds, 1e-9),
                 "epoch": batches.epoch,
             }
             if loss_fn.learned_variance:
@@ -1105,7 +1105,7 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
         epoch_at_last_step = batches.epoch
         if global_step % config.checkpointing_steps == 0:
             rank_state = {"step": global_step, "data": batches.state_dict(), "generator": generator.get_state(),
-                          "clock": {"elapsed": elapsed, "warmup_end": clock.warmup_end}}  # fmt: skip
+                          "clock": clock.state_dict(elapsed)}  # fmt: skip
             path = save_checkpoint(accelerator, output_dir, global_step, rank_state, config.checkpoints_total_limit,
                                    kill_half_way=config.debug_kill_in_checkpoint == global_step)  # fmt: skip
             logger.info(f"Saved {path}")

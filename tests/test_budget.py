@@ -148,6 +148,8 @@ def test_a_budgeted_run_stops_on_time_with_the_usual_final_save(budget_runs):
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))  # then the cosine, laid over the time...
     clock = torch.load(root / "whole" / "checkpoint-4" / "trainer_state_0.pt", weights_only=False)["clock"]
     assert 0 < clock["elapsed"] < 4 and clock["warmup_end"] is not None
+    # The checkpoint holds the loop's clock at its step (not, say, the seconds of a logging window).
+    assert clock["elapsed"] == pytest.approx(records[3]["elapsed"], abs=0.15)
     assert lrs[-1] < 0.15e-3  # ...which ends near zero when the time is up
 
 
