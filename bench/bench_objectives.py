@@ -115,6 +115,25 @@ def finish(args: argparse.Namespace, name: str, run_dir: Path, process: subproce
     return {"steps": steps, "train_seconds": loop_seconds, "wall_seconds": wall, "final_loss": loss}
 
 
+def real_training_images(resolution: int, count: int) -> torch.Tensor:
+    """As many training images as held-out ones, spread evenly over the (name-sorted) training split: the floor."""
+    from anime_ddpm.data import DataConfig, take_images
+
+    train_all = take_images(DataConfig(dataset="emoji", split="train", resolution=resolution, shuffle_buffer=0),
+                            TRAIN_IMAGES)  # fmt: skip
+    return train_all[torch.linspace(0, len(train_all) - 1, count).round().long()]
+
+
+def comparison_grid(rows: list[tuple[str, torch.Tensor]], held_out: torch.Tensor, columns: int, title: str,
+                    group_rows: int):  # fmt: skip
+    """One labelled row per (label, images in [-1, 1]), then the held-out images."""
+    from anime_ddpm import viz
+
+    rows = [*rows, ("held-out emoji (real)", held_out)]
+    images = [viz.to_pil((batch[:columns] + 1) / 2, scale=2) for _, batch in rows]
+    return viz.labelled_table(images, row_labels=[label for label, _ in rows], title=title, group_rows=group_rows)
+
+
 def swd(samples: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     """SWD x1e3 per level and avg; with more samples than reference images, averaged over disjoint chunks."""
     from anime_ddpm.metrics import sliced_wasserstein_distance
@@ -161,7 +180,6 @@ def main() -> None:
     names = [name.strip() for name in args.configs.split(",")]
     sample_steps = [int(s) for s in args.sample_steps.split(",")]
 
-    from anime_ddpm import viz
     from anime_ddpm.data import DataConfig, take_images
     from anime_ddpm.sampling import generate, load_pipeline
 
@@ -190,9 +208,7 @@ def main() -> None:
     # ------------------------------------------------------------------------- references
     data = dict(dataset="emoji", resolution=args.resolution, shuffle_buffer=0)
     held_out = take_images(DataConfig(split="test", **data), TEST_IMAGES)  # all 64 held-out images, [-1, 1]
-    # The floor: as many training images as held-out ones, spread evenly over the (name-sorted) training split.
-    train_all = take_images(DataConfig(split="train", **data), TRAIN_IMAGES)
-    train_real = train_all[torch.linspace(0, len(train_all) - 1, len(held_out)).round().long()]
+    train_real = real_training_images(args.resolution, len(held_out))
 
     # ------------------------------------------------------------------------- sample and score
     samples: dict[tuple[str, int], torch.Tensor] = {}
@@ -260,19 +276,13 @@ def main() -> None:
     detail_text = "\n".join(detail)
 
     # ------------------------------------------------------------------------- grid
-    columns = min(args.grid_columns, args.num_images)
-    rows, labels = [], []
-    for name in names:
-        for s in sample_steps:
-            rows.append(viz.to_pil((samples[name, s][:columns] + 1) / 2, scale=2))
-            labels.append(f"{CONFIGS[name]['short']}, {s} steps: SWD {scores[name][s]['avg']:.1f}")
-    rows.append(viz.to_pil((held_out[:columns] + 1) / 2, scale=2))
-    labels.append("held-out emoji (real)")
+    rows = [(f"{CONFIGS[name]['short']}, {s} steps: SWD {scores[name][s]['avg']:.1f}", samples[name, s])
+            for name in names for s in sample_steps]  # fmt: skip
     trained_steps = "/".join(sorted({str(t["steps"]) for t in training.values()}))
     title = (
         f"{args.model} UNet, {args.resolution} px, {trained_steps} training steps each; DDPM; same seeds per column"
     )
-    grid = viz.labelled_table(rows, row_labels=labels, title=title, group_rows=len(sample_steps))
+    grid = comparison_grid(rows, held_out, min(args.grid_columns, args.num_images), title, len(sample_steps))
     grid_path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(grid_path)
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -36,10 +35,11 @@ from pathlib import Path
 
 import torch
 
+from bench.bench_objectives import TRAINED, comparison_grid, real_training_images
+
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_IMAGES = 64  # the emoji test split
-TRAINED = re.compile(r"Trained (\d+) steps in (\d+) s; final loss ([-\w.]+)")
 # Bookkeeping only: nothing here changes what is learned.
 BOOKKEEPING = ["--logger", "none", "--save_images_steps", "0", "--checkpointing_steps", str(10**9)]
 REFERENCE_FLAGS = [
@@ -116,12 +116,9 @@ def finished(name: str, process: subprocess.Popen, log_path: Path) -> dict:
 
 def real_floor(held_out: torch.Tensor) -> float:
     """SWD of 64 real training images (spread over the split) to the held-out ones: what a perfect model scores."""
-    from anime_ddpm.data import DataConfig, take_images
     from anime_ddpm.metrics import sliced_wasserstein_distance
 
-    train = take_images(DataConfig(dataset="emoji", split="train", resolution=32, shuffle_buffer=0), 571)
-    spread = train[torch.linspace(0, len(train) - 1, len(held_out)).round().long()]
-    return sliced_wasserstein_distance(spread, held_out)["avg"]
+    return sliced_wasserstein_distance(real_training_images(32, len(held_out)), held_out)["avg"]
 
 
 def main() -> None:
@@ -174,7 +171,6 @@ def main() -> None:
 
     # ------------------------------------------------------------------------- sample and score
     torch.set_num_threads(args.threads)
-    from anime_ddpm import viz
     from anime_ddpm.data import DataConfig, take_images
     from anime_ddpm.metrics import sliced_wasserstein_distance
     from anime_ddpm.sampling import generate, load_pipeline, with_scheduler
@@ -220,16 +216,10 @@ def main() -> None:
                     s: (scores["reference"][s] - floor) / max(scores[name][s] - floor, 1e-9) for s in samplers
                 }
 
-    columns = min(args.grid_columns, args.num_images)
-    rows, labels = [], []
-    for name in names:
-        for sampler in samplers:
-            rows.append(viz.to_pil((samples[name, sampler][:columns] + 1) / 2, scale=2))
-            labels.append(f"{name}, {sampler_label[sampler]}: SWD {scores[name][sampler]:.0f}")
-    rows.append(viz.to_pil((held_out[:columns] + 1) / 2, scale=2))
-    labels.append("held-out emoji (real)")
-    grid = viz.labelled_table(rows, row_labels=labels, title=f"{args.minutes:g} min each, 32 px; same seeds per column",
-                              group_rows=len(samplers))  # fmt: skip
+    rows = [(f"{name}, {sampler_label[sampler]}: SWD {scores[name][sampler]:.0f}", samples[name, sampler])
+            for name in names for sampler in samplers]  # fmt: skip
+    grid = comparison_grid(rows, held_out, min(args.grid_columns, args.num_images),
+                           f"{args.minutes:g} min each, 32 px; same seeds per column", len(samplers))  # fmt: skip
     grid_path = Path(args.grid) if args.grid else output_dir / "bench_recipe.png"
     grid_path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(grid_path)
