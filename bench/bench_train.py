@@ -13,7 +13,8 @@ Variants (`--variants`):
   default implementation), `lr_scheduler.step()`, `zero_grad()`, `EMAModel.step` (foreach off) and
   `loss.detach().item()` logged with `progress_bar.set_postfix` every step.
 - `ours`: the step of `anime_ddpm.training.train` with its defaults (`training.build_optimizer`, `speed_up_model`,
-  `DiffusionLoss` with fp32 noising, EMA with foreach, sums kept on the device and logged every `logging_steps`).
+  `DiffusionLoss` with fp32 noising, EMA with foreach, sums kept on the device and logged every `logging_steps`),
+  on the reference's objective (epsilon, linear betas) so that both steps do the same maths.
 - `reference:heads=8`: the reference with the UNet as train_unconditional.py builds it, diffusers' default
   `attention_head_dim=8` (8 heads of 8 channels at 64 channels), same parameter count as our one-head preset.
 - ablations of `ours`, options joined with "+": `ours:adamw=for-loop|foreach|fused|default`, `ours:ema_foreach=0`,
@@ -218,7 +219,8 @@ class ReferenceStep:
 
 
 class OurStep:
-    """One optimiser step of `anime_ddpm.training.train` (gradient accumulation 1), with its default settings.
+    """One optimiser step of `anime_ddpm.training.train` (gradient accumulation 1), with its default settings except
+    the objective, which is the reference's.
 
     Runs `training.TrainStep` (train()'s own forward, backward, clip, non-finite check, optimiser step), then LR,
     EMA, window sums and logging every `logging_steps` as train() does; builds the optimiser and model with
@@ -235,7 +237,10 @@ class OurStep:
         from anime_ddpm import losses, training
         from anime_ddpm.models import unet_config
 
-        overrides: dict[str, Any] = {}
+        # The reference's objective (epsilon on linear betas, as train_unconditional.py): the step is compared at the
+        # same maths, and the loss check below needs the same loss. The default x_0 target on cosine betas costs the
+        # same per step (bench_recipe.py compares the recipes).
+        overrides: dict[str, Any] = {"prediction_type": "epsilon", "ddpm_beta_schedule": "linear"}
         if "compile" in options:
             overrides["compile"] = options["compile"] == "1"
         if options.get("nonfinite_check") == "0":
