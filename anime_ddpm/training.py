@@ -137,7 +137,7 @@ class TrainingConfig:
     ema_power: float = _opt(0.75, "EMA warm-up power.", group="optimisation", example=True)
     ema_max_decay: float = _opt(0.9999, "EMA maximum decay.", group="optimisation", example=True)
     mixed_precision: str | None = _opt(None, "no, fp16 (GPU only) or bf16. Default: fp16/bf16 when `accelerate launch` or its config asks for it, else bf16 where the hardware runs it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else no (fp32).", type=str, choices=("no", "fp16", "bf16"), group="optimisation", example=True)  # fmt: skip
-    compile: bool = _opt(False, "Compile the UNet with torch.compile (about 2 minutes of start-up the first time; 1.1-1.3x the eager step on a CPU, see README Performance).", group="optimisation")  # fmt: skip
+    compile: bool = _opt(False, "Compile the UNet with torch.compile (about 2 minutes of start-up the first time; 1.1-1.2x the eager step on a CPU, see README Performance).", group="optimisation")  # fmt: skip
     seed: int = _opt(0, "Seed for the weights, the noise and the data order.", group="optimisation")
     max_nonfinite_steps: int = _opt(5, "Skip optimiser steps with a non-finite loss or gradient norm, and stop after this many in a row (0: no check, no host sync per step).", group="optimisation")  # fmt: skip
 
