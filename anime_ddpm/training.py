@@ -1066,12 +1066,13 @@ def train(config: TrainingConfig | argparse.Namespace) -> int:
         nonfinite_in_a_row = 0
 
         # -- the optimiser step happened: LR schedule, EMA, counters
-        debug.write(step=global_step + 1, lr=optimizer.param_groups[0]["lr"], examples=debug.hashes,
-                    elapsed=round(clock.elapsed(), 4))  # fmt: skip
+        step_lr = optimizer.param_groups[0]["lr"]
         if ema is not None:
             ema.step(accelerator.unwrap_model(model).parameters())
         global_step += 1
         elapsed = agreed_elapsed()
+        # The dump records the time that decides whether to stop (read after the EMA step), not an earlier reading.
+        debug.write(step=global_step, lr=step_lr, examples=debug.hashes, elapsed=elapsed)
         if isinstance(lr_scheduler, TimeBudgetLR):
             lr_scheduler.step(global_step, elapsed)
         else:
