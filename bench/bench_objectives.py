@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -60,12 +61,38 @@ TRAIN_IMAGES = 571  # the emoji train split
 TRAINED = re.compile(r"Trained (\d+) steps in (\d+) s; final loss ([-\w.]+)")
 
 
+def accelerate_launch() -> list[str]:
+    """`accelerate launch` of one CPU-or-GPU process, from this interpreter's environment when it has one."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    return [str(accelerate) if accelerate.exists() else "accelerate", "launch", "--num_processes", "1",
+            "--num_machines", "1", "--dynamo_backend", "no"]  # fmt: skip
+
+
+def start_run(name: str, command: list[str], run_dir: Path, env: dict[str, str]) -> subprocess.Popen:
+    """Start a training command in a subprocess, its output in `run_dir`.log; `wait_for_run` collects it."""
+    log_path = run_dir.with_suffix(".log")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[{name}] training: {shlex.join(command)}", flush=True)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process.started = time.perf_counter()  # type: ignore[attr-defined]
+    return process
+
+
+def wait_for_run(name: str, process: subprocess.Popen, run_dir: Path) -> re.Match | None:
+    """Wait for a run started by `start_run`; exit with its log's tail if it failed; its 'Trained ...' line."""
+    returncode = process.wait()
+    log_path = run_dir.with_suffix(".log")
+    text = log_path.read_text(errors="replace")
+    if returncode != 0:
+        sys.exit(f"[{name}] training failed (exit {returncode}); last lines of {log_path}:\n{text[-3000:]}")
+    return TRAINED.search(text)
+
+
 def train(args: argparse.Namespace, name: str, run_dir: Path) -> subprocess.Popen:
     """Start one training run in a subprocess; `finish` waits for it."""
     if args.launcher == "accelerate":
-        accelerate = Path(sys.executable).with_name("accelerate")
-        launcher = [str(accelerate) if accelerate.exists() else "accelerate", "launch", "--num_processes", "1",
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+        launcher = [*accelerate_launch(), "--mixed_precision", "no"]
     else:
         launcher = [sys.executable]
     command = [
@@ -90,24 +117,13 @@ def train(args: argparse.Namespace, name: str, run_dir: Path) -> subprocess.Pope
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    log_path = run_dir.with_suffix(".log")
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[{name}] training: {' '.join(command)}", flush=True)
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    process.started = time.perf_counter()  # type: ignore[attr-defined]
-    return process
+    return start_run(name, command, run_dir, env)
 
 
 def finish(args: argparse.Namespace, name: str, run_dir: Path, process: subprocess.Popen) -> dict:
     """Wait for a run; returns the steps, the trainer's own loop time and the wall time."""
-    returncode = process.wait()
+    match = wait_for_run(name, process, run_dir)
     wall = time.perf_counter() - process.started  # type: ignore[attr-defined]
-    log_path = run_dir.with_suffix(".log")
-    text = log_path.read_text(errors="replace")
-    if returncode != 0:
-        sys.exit(f"[{name}] training failed (exit {returncode}); last lines of {log_path}:\n{text[-3000:]}")
-    match = TRAINED.search(text)
     steps, loop_seconds, loss = (int(match[1]), float(match[2]), match[3]) if match else (args.steps, wall, "?")
     print(
         f"[{name}] trained {steps} steps: loop {loop_seconds:.0f} s, wall {wall:.0f} s, final loss {loss}", flush=True

@@ -35,7 +35,13 @@ from pathlib import Path
 
 import torch
 
-from bench.bench_objectives import TRAINED, comparison_grid, real_training_images
+from bench.bench_objectives import (
+    accelerate_launch,
+    comparison_grid,
+    real_training_images,
+    start_run,
+    wait_for_run,
+)
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,11 +85,9 @@ def reference_unet_config(path: Path) -> Path:
     return path
 
 
-def launch(name: str, flags: list[str], run_dir: Path, minutes: float, seed: int) -> tuple[subprocess.Popen, Path]:
-    accelerate = Path(sys.executable).with_name("accelerate")
+def launch(name: str, flags: list[str], run_dir: Path, minutes: float, seed: int) -> subprocess.Popen:
     command = [
-        str(accelerate) if accelerate.exists() else "accelerate", "launch", "--num_processes", "1",
-        "--num_machines", "1", "--dynamo_backend", "no",
+        *accelerate_launch(),
         str(ROOT / "train_with_accelerate.py"),
         *flags,
         "--max_train_time", f"{minutes}m",
@@ -93,22 +97,13 @@ def launch(name: str, flags: list[str], run_dir: Path, minutes: float, seed: int
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     env.pop("ACCELERATE_MIXED_PRECISION", None)
-    log_path = run_dir.with_suffix(".log")
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[{name}] {shlex.join(command)}", flush=True)
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return process, log_path
+    return start_run(name, command, run_dir, env)
 
 
-def finished(name: str, process: subprocess.Popen, log_path: Path) -> dict:
-    returncode = process.wait()
-    text = log_path.read_text(errors="replace")
-    if returncode != 0:
-        sys.exit(f"[{name}] training failed (exit {returncode}); last lines of {log_path}:\n{text[-3000:]}")
-    match = TRAINED.search(text)
+def finished(name: str, process: subprocess.Popen, run_dir: Path) -> dict:
+    match = wait_for_run(name, process, run_dir)
     if match is None:
-        sys.exit(f"[{name}] no 'Trained N steps' line in {log_path}")
+        sys.exit(f"[{name}] no 'Trained N steps' line in {run_dir.with_suffix('.log')}")
     steps, seconds, loss = int(match[1]), float(match[2]), match[3]
     print(f"[{name}] trained {steps} steps in {seconds:.0f} s, final loss {loss}", flush=True)
     return {"steps": steps, "train_seconds": seconds, "final_loss": loss}
@@ -165,9 +160,10 @@ def main() -> None:
             while queue and len(running) < args.parallel:
                 name = queue.pop(0)
                 flags = [f.format(reference_unet=reference_unet.parent) for f in recipes[name]["flags"]]
-                running.append((name, *launch(name, flags, runs_dir / name, args.minutes, args.seed)))
-            name, process, log_path = running.pop(0)
-            training[name] = finished(name, process, log_path)
+                process = launch(name, flags, runs_dir / name, args.minutes, args.seed)
+                running.append((name, process, runs_dir / name))
+            name, process, run_dir = running.pop(0)
+            training[name] = finished(name, process, run_dir)
 
     # ------------------------------------------------------------------------- sample and score
     torch.set_num_threads(args.threads)
