@@ -315,6 +315,7 @@ class AnimeDDPMPipeline(DiffusionPipeline):
         x0_to_epsilon = prediction_type == "sample" and type(scheduler).__name__ in EPSILON_ONLY_SCHEDULERS
         if x0_to_epsilon:  # told to expect epsilon for this call only (restored below)
             scheduler.register_to_config(prediction_type="epsilon")
+            prediction_type = "epsilon"  # what model_output holds once converted
         try:
             scheduler.set_timesteps(num_inference_steps, device=device)
             latents = latents * scheduler.init_noise_sigma
@@ -345,7 +346,6 @@ class AnimeDDPMPipeline(DiffusionPipeline):
                     c_in = (scheduler.scale_model_input(torch.ones((), device=device), t)).float()
                     sigma = (1.0 / c_in**2 - 1.0).clamp(min=1e-12).sqrt()
                     model_output = (latents - model_output) / sigma
-                    prediction_type = "epsilon"
 
                 step_output = scheduler.step(model_output, t, latents, **step_kwargs)
                 latents = step_output.prev_sample
