@@ -17,7 +17,11 @@ our default fast sampler, and is scored by SWD (x1e3, Karras et al., anime_ddpm.
 emoji test images. Extra candidates (for a sweep) can be given as NAME='flags'.
 
     .venv/bin/python -m bench.bench_recipe [--minutes 15] [--recipes reference,ours] [--candidate NAME='FLAGS' ...]
-        [--samplers ddpm,fast] [--output-dir DIR] [--grid PNG]
+        [--samplers ddpm,fast] [--output-dir DIR] [--grid PNG] [--skip-training]
+
+Samplers (`--samplers`): ddpm (the saved DDPMScheduler, 1000 steps), fast (the default preview sampler), and, to
+take DDPM 1000 apart, ddpm-large (variance beta_t), ddpm-noclip (no x_0 clipping), ddim (deterministic, 1000 steps).
+Each score is also printed per SWD pyramid level.
 
 Prints a markdown table, writes DIR/results.json and a side-by-side grid (default DIR/bench_recipe.png).
 """
@@ -109,11 +113,30 @@ def finished(name: str, process: subprocess.Popen, run_dir: Path) -> dict:
     return {"steps": steps, "train_seconds": seconds, "final_loss": loss}
 
 
-def real_floor(held_out: torch.Tensor) -> float:
+def real_floor(held_out: torch.Tensor) -> dict[str, float]:
     """SWD of 64 real training images (spread over the split) to the held-out ones: what a perfect model scores."""
     from anime_ddpm.metrics import sliced_wasserstein_distance
 
-    return sliced_wasserstein_distance(real_training_images(32, len(held_out)), held_out)["avg"]
+    return sliced_wasserstein_distance(real_training_images(32, len(held_out)), held_out)
+
+
+def sampler_pipeline(pipe, sampler: str, fast_name: str, fast_steps: int):
+    """The pipeline and step count of one `--samplers` entry, over the same UNet."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from anime_ddpm.pipeline import AnimeDDPMPipeline
+    from anime_ddpm.sampling import with_scheduler
+
+    if sampler == "fast":
+        return with_scheduler(pipe, fast_name), fast_steps
+    config = pipe.scheduler.config
+    scheduler = {
+        "ddpm": lambda: pipe.scheduler,
+        "ddpm-large": lambda: DDPMScheduler.from_config(config, variance_type="fixed_large"),
+        "ddpm-noclip": lambda: DDPMScheduler.from_config(config, clip_sample=False),
+        "ddim": lambda: DDIMScheduler.from_config(config),
+    }[sampler]()
+    return AnimeDDPMPipeline(unet=pipe.unet, scheduler=scheduler), 1000
 
 
 def main() -> None:
@@ -123,7 +146,8 @@ def main() -> None:
     parser.add_argument("--candidate", action="append", default=[], metavar="NAME='FLAGS'",
                         help="an extra recipe: our defaults plus these flags (repeatable)")  # fmt: skip
     parser.add_argument("--parallel", type=int, default=2, help="training runs at once (one thread each)")
-    parser.add_argument("--samplers", default="ddpm,fast", help="ddpm: 1000 DDPM steps; fast: the default sampler")
+    parser.add_argument("--samplers", default="ddpm,fast",
+                        help="ddpm: 1000 DDPM steps; fast: the default sampler; also ddpm-large, ddpm-noclip, ddim")  # fmt: skip
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads for sampling")
@@ -169,29 +193,38 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from anime_ddpm.data import DataConfig, take_images
     from anime_ddpm.metrics import sliced_wasserstein_distance
-    from anime_ddpm.sampling import generate, load_pipeline, with_scheduler
+    from anime_ddpm.sampling import generate, load_pipeline
     from anime_ddpm.training import TrainingConfig
 
     defaults = TrainingConfig()
     fast_name, fast_steps = defaults.sample_scheduler, defaults.preview_steps()
     held_out = take_images(DataConfig(dataset="emoji", split="test", resolution=32, shuffle_buffer=0), TEST_IMAGES)
-    floor = real_floor(held_out)
-    sampler_label = {"ddpm": "DDPM 1000", "fast": f"{fast_name} {fast_steps}"}
+    floor_levels = real_floor(held_out)
+    floor = floor_levels["avg"]
+    print("64 real training images: SWD " + ", ".join(f"{k} {v:.1f}" for k, v in floor_levels.items()), flush=True)
+    sampler_label = {"ddpm": "DDPM 1000", "fast": f"{fast_name} {fast_steps}", "ddpm-large": "DDPM 1000 beta_t",
+                     "ddpm-noclip": "DDPM 1000 no clip", "ddim": "DDIM 1000"}  # fmt: skip
+    unknown = [s for s in samplers if s not in sampler_label]
+    if unknown:
+        sys.exit(f"Unknown sampler(s) {', '.join(unknown)}: choose from {', '.join(sampler_label)}.")
     scores: dict[str, dict[str, float]] = {}
+    levels: dict[str, dict[str, dict[str, float]]] = {}
     samples: dict[tuple[str, str], torch.Tensor] = {}
     for name in names:
         pipe = load_pipeline(str(runs_dir / name), device="cpu")
         pipe.set_progress_bar_config(disable=True)
-        scores[name] = {}
+        scores[name], levels[name] = {}, {}
         for sampler in samplers:
-            driven, steps = (pipe, 1000) if sampler == "ddpm" else (with_scheduler(pipe, fast_name), fast_steps)
+            driven, steps = sampler_pipeline(pipe, sampler, fast_name, fast_steps)
             driven.set_progress_bar_config(disable=True)
             start = time.perf_counter()
             images = generate(driven, args.num_images, seed=0, batch_size=64, num_inference_steps=steps) * 2 - 1
             samples[name, sampler] = images
-            scores[name][sampler] = sliced_wasserstein_distance(images[:TEST_IMAGES], held_out)["avg"]
-            print(f"[{name}] {sampler_label[sampler]}: SWD {scores[name][sampler]:.1f} "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+            levels[name][sampler] = sliced_wasserstein_distance(images[:TEST_IMAGES], held_out)
+            scores[name][sampler] = levels[name][sampler]["avg"]
+            per_level = ", ".join(f"{k} px {v:.1f}" for k, v in levels[name][sampler].items() if k != "avg")
+            print(f"[{name}] {sampler_label[sampler]}: SWD {scores[name][sampler]:.1f} ({per_level}; "
+                  f"{time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
 
     # ------------------------------------------------------------------------- report
     lines = [f"| recipe | steps in {args.minutes:g} min | final loss | "
@@ -225,6 +258,7 @@ def main() -> None:
         "recipes": {name: recipes[name] for name in names},
         "training": training,
         "swd": scores,
+        "swd_levels": levels,
         "swd_real_floor": floor,
         "swd_ratio_reference_over": ratios,
         "swd_above_floor_ratio_reference_over": excess_ratios,
