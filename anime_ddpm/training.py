@@ -565,9 +565,10 @@ def resolve_mixed_precision(requested: str | None, environ: dict[str, str] | Non
 
 
 # Inductor's layout optimisation (it moves convolutions to channels-last) returns wrong UNet gradients in torch 2.13
-# on CPU, silently: against float64, eager float32 is off by 1e-6 in relative norm, the compiled backward by 11% at
-# 32 px and 47% for the tiny UNet, with exact zeros for whole blocks (found with torch._inductor.compiler_bisector;
-# the forward agrees). Without it the compiled gradients match eager (1e-6); tests/test_compile.py checks this.
+# on CPU, silently: against float64, eager float32 is off by 1e-6 in relative norm, the compiled backward by 12% at
+# 32 px and 47% for the tiny UNet, with exact zeros for whole blocks (bench/bench_compile_gradients.py; pinned with
+# torch._inductor.compiler_bisector; the forward agrees). Without it the compiled gradients match eager (1e-6);
+# tests/test_compile.py checks this.
 COMPILE_OPTIONS = {"layout_optimization": False}
 
 
