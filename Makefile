@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml scripts/setup_venv.sh
 	touch $@
 
 train: setup
-	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --dynamo_backend no \
+	$(VENV)/bin/accelerate launch --quiet --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		train_with_accelerate.py --output_dir $(OUTPUT_DIR) $(TRAIN_ARGS)
 
 test: setup

@@ -1,7 +1,8 @@
 """The `anime-ddpm` command: sample, watch the reverse and forward processes, preview data, evaluate.
 
 Heavy libraries are imported inside the commands so `anime-ddpm --help` answers at once. User mistakes (missing
-model, unknown scheduler, zero images, no network) end with one sentence on stderr and exit status 1.
+model, unknown scheduler, zero images, an output that cannot be written, no network) end with one sentence on stderr
+and exit status 1, and every value and path is checked before the model is loaded or sampled.
 """
 
 from __future__ import annotations
@@ -11,15 +12,21 @@ import json
 import math
 import os
 import sys
+import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .demo import add_parser as add_demo_parser  # imports no gradio
+from .demo import add_parser as add_demo_parser  # imports neither gradio nor torch
+from .errors import first_line
 
 
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+# Sampling that will take longer than this gets a one-line estimate once the first model calls have been timed.
+ESTIMATE_OVER_S = 30.0
+TIMED_CALLS = 4  # callbacks before the estimate: the first call (warm-up) is not counted
+FAST_SCHEDULER = "dpm++"
 
 
 class CLIError(ValueError):
@@ -38,6 +45,17 @@ def _name_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _finite_float(text: str) -> float:
+    """A float flag that refuses nan and inf, which every range check would otherwise let through."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a folder written by training or save_pretrained, or a Hub repo id")
     parser.add_argument(
@@ -54,7 +72,9 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="image i is seeded with seed + i")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1...; none: cuda when available")
     parser.add_argument("--domain", default=None, help="for domain-conditioned models: the domain to sample")
-    parser.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance with --domain")
+    parser.add_argument(
+        "--guidance-scale", type=_finite_float, default=1.0, help="classifier-free guidance with --domain (1: none)"
+    )
 
 
 def _data_options(parser: argparse.ArgumentParser, with_resolution: bool) -> None:
@@ -104,11 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--beta-schedule",
         type=_name_list,
         default="linear,squaredcos_cap_v2",
-        help=f"comma-separated, one row each: {', '.join(BETA_SCHEDULES)}",
+        help="comma-separated, one row each: any beta schedule training accepts",
     )
     noise.add_argument("--num-train-timesteps", type=int, default=1000, help="T of the schedule")
-    noise.add_argument("--beta-start", type=float, default=1e-4, help="first beta (linear, scaled_linear)")
-    noise.add_argument("--beta-end", type=float, default=0.02, help="last beta (linear, scaled_linear)")
+    noise.add_argument("--beta-start", type=_finite_float, default=1e-4, help="first beta (linear, scaled_linear)")
+    noise.add_argument("--beta-end", type=_finite_float, default=0.02, help="last beta (linear, scaled_linear)")
     noise.add_argument("--resolution", type=int, default=64, help="image size")
     noise.add_argument("--num-images", type=int, default=1, help="images taken from a dataset")
     noise.add_argument("--image-column", default=None, help="dataset column holding the images")
@@ -172,27 +192,68 @@ def is_user_error(error: BaseException) -> bool:
     return metrics is not None and isinstance(error, metrics.MetricUnavailable)
 
 
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-# ----------------------------------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------------------------------- checks
 def _positive(value: int, what: str) -> int:
     if value < 1:
         raise CLIError(f"The number of {what} must be at least 1, got {value}.")
     return value
 
 
+def _at_least(flag: str, value: int, low: int, meaning: str = "") -> int:
+    if not value >= low:
+        raise CLIError(f"{flag} must be at least {low}{meaning}, got {value}.")
+    return value
+
+
+def _can_create_files_in(folder: Path) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def check_folder(path: str | Path, flag: str, given: str | None = None) -> None:
+    """Fail now, not after all the sampling, when `path` cannot be (or become) a folder we can write into; the
+    sentence names the `given` value of `flag` (default: `path`)."""
+    existing = Path(path)
+    while not os.path.exists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CLIError(f"Cannot write {flag} {given or path}: {existing} is a file, not a folder.")
+    if not _can_create_files_in(existing):
+        raise CLIError(f"Cannot write {flag} {given or path}: the folder {existing} does not accept new files.")
+
+
+def check_output_file(path: str, flag: str, image: bool = True, animated: bool = False) -> None:
+    """Fail now when `path` is a folder, has no suffix Pillow can write (for an image), or lies where no file can be
+    written; `animated`: a format with frames (GIF, PNG, WebP)."""
+    target = Path(path)
+    suffix = ".gif" if animated else ".png" if image else ".json"
+    if target.is_dir():
+        raise CLIError(f"{flag} {path} is a folder: give a file name inside it, such as {target / ('out' + suffix)}.")
+    if image:
+        from PIL import Image
+
+        Image.init()
+        writers = Image.SAVE_ALL if animated else Image.SAVE
+        if Image.registered_extensions().get(target.suffix.lower()) not in writers:
+            kind, others = ("an animated image", ".png, .webp") if animated else ("an image", ".jpg, .webp...")
+            raise CLIError(f"{flag} {path} is not {kind} file name Pillow writes: end it in {suffix} (or {others}).")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise CLIError(f"Cannot write {flag} {path}: the file is read-only.")
+    check_folder(target.parent, flag, given=path)
+
+
 def _check_model_source(model: str) -> dict[str, Any]:
     """Fail in seconds, with a sentence, when a model cannot be found (diffusers would retry the Hub for ~25 s)."""
-    from .metrics import hub_reachable, looks_like_path
+    from .network import hub_reachable, is_repo_id
 
     if os.path.isdir(model):
         return {}
     if os.path.exists(model):
         raise CLIError(f"{model} is a file: give the folder that training or save_pretrained wrote, or a Hub repo id.")
-    if looks_like_path(model):
+    if not is_repo_id(model):
         raise CLIError(f"There is no model folder at {model}.")
     if hub_reachable():
         return {}
@@ -205,6 +266,7 @@ def _check_model_source(model: str) -> dict[str, Any]:
     )
 
 
+# ----------------------------------------------------------------------------------------------------- helpers
 def _scheduler_name(pipe: Any) -> str | None:
     from .schedulers import SCHEDULERS
 
@@ -218,6 +280,8 @@ def open_pipeline(args: argparse.Namespace) -> tuple[Any, str | None, int]:
 
     if args.scheduler is not None and args.scheduler not in SCHEDULERS:
         raise CLIError(f"Unknown scheduler {args.scheduler!r}; choose one of {', '.join(SCHEDULERS)}.")
+    if not args.guidance_scale >= 0:
+        raise CLIError(f"--guidance-scale must be 0 or more (1: no guidance), got {args.guidance_scale}.")
     load_kwargs = _check_model_source(args.model)
     from diffusers.utils import logging as diffusers_logging
 
@@ -241,22 +305,77 @@ def _call_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def count_timesteps(pipe: Any, steps: int) -> int:
-    """Callback calls per image batch: len(timesteps), which is 2 * steps - 1 for Heun."""
+    """Callback calls (model evaluations) per image batch: len(timesteps), which is 2 * steps - 1 for Heun."""
     pipe.scheduler.set_timesteps(steps)
     return len(pipe.scheduler.timesteps)
 
 
+def completed_steps(calls: int, steps: int, calls_per_batch: int) -> int:
+    """Denoising steps done after `calls` callbacks, counted as the user asked for them: Heun calls back twice for
+    each step but the last, the other samplers once per step."""
+    batches, within = divmod(calls, calls_per_batch)
+    return batches * steps + within * steps // calls_per_batch
+
+
 class StepProgress:
-    """A `callback_on_step_end` that advances a tqdm bar once per denoising step."""
+    """A `callback_on_step_end` that advances a tqdm bar in denoising steps (not in Heun's model evaluations)."""
 
     tensor_inputs = ["latents"]
 
-    def __init__(self, bar: Any):
+    def __init__(self, bar: Any, steps: int, calls_per_batch: int):
         self.bar = bar
+        self.steps = steps
+        self.calls_per_batch = calls_per_batch
+        self.calls = 0
 
     def __call__(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
-        self.bar.update(1)
+        self.calls += 1
+        self.bar.update(completed_steps(self.calls, self.steps, self.calls_per_batch) - self.bar.n)
         return {}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class TimeEstimate:
+    """A `callback_on_step_end` that times the first model calls and, when all of them will take longer than
+    `ESTIMATE_OVER_S`, says once how long and what is faster, before the user has waited long for nothing."""
+
+    tensor_inputs = ["latents"]
+
+    def __init__(self, total_calls: int, message: Callable[[float], str], clock: Callable[[], float] = time.monotonic):
+        self.total_calls = total_calls
+        self.message = message
+        self.clock = clock
+        self.calls = 0
+        self.first_call_end: float | None = None
+
+    def __call__(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+        self.calls += 1
+        if self.calls == 1:
+            self.first_call_end = self.clock()
+        elif self.calls == min(TIMED_CALLS, self.total_calls):
+            seconds = (self.clock() - self.first_call_end) / (self.calls - 1) * self.total_calls
+            if seconds > ESTIMATE_OVER_S:
+                from tqdm.auto import tqdm
+
+                tqdm.write(self.message(seconds), file=sys.stderr)
+        return {}
+
+
+def _estimate_message(pipe: Any, name: str | None, steps: int, num: int) -> Callable[[float], str]:
+    from .schedulers import DEFAULT_STEPS
+
+    label = name or type(pipe.scheduler).__name__
+    fast_steps = DEFAULT_STEPS[FAST_SCHEDULER]
+    hint = f"; --scheduler {FAST_SCHEDULER} takes {fast_steps} steps" if steps > fast_steps else ""
+    images = f"{num} image{'s' * (num != 1)}"
+    return lambda seconds: f"anime-ddpm: about {_duration(seconds)} for {steps} {label} steps x {images}{hint}."
 
 
 class Callbacks:
@@ -273,22 +392,32 @@ class Callbacks:
 
 
 def sample_with_progress(
-    pipe: Any, num: int, seed: int, batch_size: int, steps: int, call_kwargs: dict, extra_callback=None
+    pipe: Any,
+    num: int,
+    seed: int,
+    batch_size: int,
+    steps: int,
+    call_kwargs: dict,
+    extra_callback: Callable | None = None,
+    name: str | None = None,
 ) -> Any:
-    """All images (N, 3, H, W) in [0, 1] via `sampling.iter_batches` (image i seeded seed + i), with one step bar."""
+    """All images (N, 3, H, W) in [0, 1] via `sampling.iter_batches` (image i seeded seed + i), with a bar counted
+    in denoising steps and, when sampling will be long, an estimate of how long."""
     import torch
     from tqdm.auto import tqdm
 
     from .sampling import iter_batches
 
     per_batch = count_timesteps(pipe, steps)
-    total = math.ceil(num / batch_size) * per_batch
+    num_batches = math.ceil(num / batch_size)
+    estimate = TimeEstimate(num_batches * per_batch, _estimate_message(pipe, name, steps, num))
     batches = []
-    with tqdm(total=total, desc=f"sampling {num} image{'s' * (num != 1)}", unit="step", file=sys.stderr) as bar:
-        callback = StepProgress(bar) if extra_callback is None else Callbacks(extra_callback, StepProgress(bar))
+    desc = f"sampling {num} image{'s' * (num != 1)}"
+    with tqdm(total=num_batches * steps, desc=desc, unit="step", file=sys.stderr) as bar:
+        callbacks = [c for c in (extra_callback, StepProgress(bar, steps, per_batch), estimate) if c is not None]
         for images in iter_batches(
             pipe, num, seed=seed, batch_size=batch_size, num_inference_steps=steps,
-            callback_on_step_end=callback, **call_kwargs,
+            callback_on_step_end=Callbacks(*callbacks), **call_kwargs,
         ):  # fmt: skip
             batches.append(images)
             bar.set_postfix_str(f"{sum(len(b) for b in batches)}/{num} images")
@@ -307,12 +436,16 @@ def _describe(pipe: Any, name: str | None, steps: int) -> str:
 
 # ----------------------------------------------------------------------------------------------------- sample
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .viz import make_grid, to_pil
-
     _positive(args.num, "images")
     _positive(args.batch_size, "images per batch")
+    _at_least("--scale", args.scale, 1)
+    check_output_file(args.output, "--output")
+    if args.save_individual:
+        check_folder(args.save_individual, "--save-individual")
     pipe, name, steps = open_pipeline(args)
-    images = sample_with_progress(pipe, args.num, args.seed, args.batch_size, steps, _call_kwargs(args))
+    from .viz import make_grid, to_pil
+
+    images = sample_with_progress(pipe, args.num, args.seed, args.batch_size, steps, _call_kwargs(args), name=name)
     print(_save(make_grid(images, scale=args.scale), args.output))
     if args.save_individual:
         folder = Path(args.save_individual)
@@ -324,40 +457,32 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------- denoise
-def evenly_spaced(total: int, count: int) -> list[int]:
-    """`count` step indices from the first to the last step (all of them when count <= 0 or >= total)."""
-    if count <= 0 or count >= total:
-        return list(range(total))
-    if count == 1:
-        return [total - 1]
-    return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)})
-
-
-def _display_latents(pipe: Any, step: int, latents: Any) -> Any:
-    """x_t on the [-1, 1] scale: sigma-space samplers (Euler, Heun) carry x_0 + sigma * eps, i.e. sqrt(1 + sigma^2)
-    times a variance-preserving x_t."""
-    sigmas = getattr(pipe.scheduler, "sigmas", None)
-    if sigmas is None or float(pipe.scheduler.init_noise_sigma) <= 1.0 + 1e-6 or step + 1 >= len(sigmas):
-        return latents
-    sigma = float(sigmas[step + 1])
-    return latents / math.sqrt(1 + sigma**2)
+def _check_denoise_args(args: argparse.Namespace) -> None:
+    _positive(args.num, "samples")
+    _positive(args.snapshots, "snapshots")
+    _at_least("--gif-frames", args.gif_frames, 0, " (0: every step)")
+    _at_least("--frame-ms", args.frame_ms, 1)
+    _at_least("--scale", args.scale, 0, " (0: automatic)")
+    check_output_file(args.output, "--output")
+    if args.gif:
+        check_output_file(args.gif, "--gif", animated=True)
 
 
 def cmd_denoise(args: argparse.Namespace) -> int:
-    from .pipeline import DenoisingRecorder
+    _check_denoise_args(args)
+    pipe, name, steps = open_pipeline(args)
+    from .pipeline import DenoisingRecorder, display_scale, evenly_spaced_steps
     from .viz import auto_scale, denoising_frame, denoising_strip, save_gif
 
-    _positive(args.num, "samples")
-    _positive(args.snapshots, "snapshots")
-    pipe, name, steps = open_pipeline(args)
     total = count_timesteps(pipe, steps)
-    strip_steps = evenly_spaced(total, args.snapshots)
-    gif_steps = evenly_spaced(total, args.gif_frames) if args.gif else []
+    strip_steps = evenly_spaced_steps(total, args.snapshots)
+    gif_steps = evenly_spaced_steps(total, args.gif_frames) if args.gif else []
     recorder = DenoisingRecorder(steps=sorted(set(strip_steps) | set(gif_steps)))
-    sample_with_progress(pipe, args.num, args.seed, args.num, steps, _call_kwargs(args), extra_callback=recorder)
+    call_kwargs = _call_kwargs(args)
+    sample_with_progress(pipe, args.num, args.seed, args.num, steps, call_kwargs, extra_callback=recorder, name=name)
 
     snapshots = {
-        step: (_display_latents(pipe, step, x_t), x0, t)
+        step: (x_t * display_scale(pipe.scheduler, step), x0, t)
         for step, x_t, x0, t in zip(
             recorder.steps, recorder.latents, recorder.pred_original_samples, recorder.timesteps
         )
@@ -372,10 +497,10 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     )
     print(_save(strip, args.output))
     if args.gif:
-        frames = [
-            denoising_frame(snapshots[s][0], snapshots[s][1], f"step {s + 1}/{total}  t={snapshots[s][2]:.0f}", scale)
-            for s in gif_steps
-        ]
+        frames = []
+        for s in gif_steps:
+            label = f"step {completed_steps(s + 1, steps, total)}/{steps}  t={snapshots[s][2]:.0f}"
+            frames.append(denoising_frame(snapshots[s][0], snapshots[s][1], label, scale))
         print(save_gif(frames, args.gif, duration_ms=args.frame_ms))
     return 0
 
@@ -384,14 +509,25 @@ def cmd_denoise(args: argparse.Namespace) -> int:
 def load_image(path: str, resolution: int) -> Any:
     """One image as the data pipeline prepares it: short side resized (bilinear, antialiased), centre crop,
     [-1, 1]. Returns (1, 3, R, R)."""
+    import warnings
+
     import numpy as np
     import torch
     from PIL import Image, UnidentifiedImageError
 
     try:
-        image = Image.open(path).convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path).convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise CLIError(
+            f"{path} has more pixels than the {Image.MAX_IMAGE_PIXELS:,} that Pillow opens safely "
+            "(a decompression-bomb guard): give a smaller image."
+        ) from None
     except UnidentifiedImageError:
         raise CLIError(f"{path} is not an image PIL can read.") from None
+    except OSError as error:
+        raise CLIError(f"{path} could not be read as an image ({first_line(error)}).") from None
     w, h = image.size
     ratio = resolution / min(w, h)
     new_w, new_h = max(resolution, round(w * ratio)), max(resolution, round(h * ratio))
@@ -402,13 +538,14 @@ def load_image(path: str, resolution: int) -> Any:
     return (array / 127.5 - 1)[None]
 
 
-def take_dataset_images(config_kwargs: dict[str, Any], num: int) -> Any:
-    """`data.take_images` through the data module's contract, as (n, 3, R, R) in [-1, 1]."""
+def take_dataset_images(options: Any, num: int, **overrides: Any) -> Any:
+    """`num` images (n, 3, R, R) in [-1, 1] from the dataset that the data flags in `options` name (`overrides`
+    win), through `data.take_images`."""
     try:
         from .data import DataConfig, take_images
     except ModuleNotFoundError as error:
         raise CLIError(f"The data module is not available ({error}).") from None
-    images = take_images(DataConfig(**config_kwargs), num)
+    images = take_images(DataConfig.from_options(options, **overrides), num)
     if len(images) == 0:
         raise CLIError("The dataset gave no images.")
     return images
@@ -418,12 +555,14 @@ def _noise_source(args: argparse.Namespace) -> Any:
     path = Path(args.source)
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
         return load_image(str(path), args.resolution)
-    config = {"dataset": args.source, "resolution": args.resolution, "image_column": args.image_column}
-    return take_dataset_images(config, _positive(args.num_images, "images"))
+    # --seed is the noise's; the dataset's images stay the same whatever it is.
+    return take_dataset_images(args, args.num_images, dataset=args.source, seed=None)
 
 
 def _noise_scheduler(schedule: str, args: argparse.Namespace) -> Any:
     from diffusers import DDPMScheduler
+
+    from .losses import BETA_SCHEDULES
 
     if schedule not in BETA_SCHEDULES:
         raise CLIError(f"Unknown beta schedule {schedule!r}; choose from {', '.join(BETA_SCHEDULES)}.")
@@ -443,18 +582,28 @@ def noised(scheduler: Any, images: Any, noise: Any, timestep: int) -> Any:
     return scheduler.add_noise(images.float(), noise.float(), t)
 
 
-def cmd_noise(args: argparse.Namespace) -> int:
-    import torch
-
-    from .viz import auto_scale, labelled_table, to_pil
-
+def _check_noise_args(args: argparse.Namespace) -> None:
     _positive(args.num_train_timesteps, "training timesteps")
     _positive(args.resolution, "pixels of resolution")
+    _positive(args.num_images, "images")
+    _at_least("--scale", args.scale, 0, " (0: automatic)")
     if not args.timesteps or not args.beta_schedule:
         raise CLIError("Give at least one timestep (--timesteps) and one schedule (--beta-schedule).")
     bad = [t for t in args.timesteps if not 0 <= t < args.num_train_timesteps]
     if bad:
         raise CLIError(f"Timesteps must lie in [0, {args.num_train_timesteps - 1}], got {bad}.")
+    for flag, beta in (("--beta-start", args.beta_start), ("--beta-end", args.beta_end)):
+        if not 0 < beta < 1:
+            raise CLIError(f"{flag} must lie strictly between 0 and 1, got {beta}.")
+    check_output_file(args.output, "--output")
+
+
+def cmd_noise(args: argparse.Namespace) -> int:
+    _check_noise_args(args)
+    import torch
+
+    from .viz import auto_scale, labelled_table, to_pil
+
     schedulers = {name: _noise_scheduler(name, args) for name in args.beta_schedule}
     images = _noise_source(args)
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(args.seed))
@@ -475,28 +624,14 @@ def cmd_noise(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------- data-preview
-def _data_config(args: argparse.Namespace, resolution: int, **extra: Any) -> dict[str, Any]:
-    config = {
-        "dataset": args.dataset,
-        "resolution": resolution,
-        "dataset_config_name": args.dataset_config_name,
-        "image_column": args.image_column,
-        "split": args.split,
-        "train_data_dir": args.train_data_dir,
-        "cache_dir": args.cache_dir,
-        "seed": args.seed,
-    }
-    config.update(extra)
-    return config
-
-
 def cmd_data_preview(args: argparse.Namespace) -> int:
-    from .viz import auto_scale, make_grid
-
     _positive(args.num, "images")
     _positive(args.resolution, "pixels of resolution")
-    config = _data_config(args, args.resolution, center_crop=not args.random_crop, random_flip=args.random_flip)
-    images = take_dataset_images(config, args.num)
+    _at_least("--scale", args.scale, 0, " (0: automatic)")
+    check_output_file(args.output, "--output")
+    from .viz import auto_scale, make_grid
+
+    images = take_dataset_images(args, args.num, center_crop=not args.random_crop)
     scale = args.scale or auto_scale(images.shape[-1])
     print(_save(make_grid((images + 1) / 2, scale=scale), args.output))
     print(
@@ -515,19 +650,27 @@ def _metric_request(spec: str) -> tuple[list[str], bool]:
     return parse_metrics(spec), False
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .metrics import Evaluator, format_table
-    from .viz import make_grid
-
+def _check_evaluate_args(args: argparse.Namespace) -> None:
     _positive(args.num, "images")
     _positive(args.batch_size, "images per batch")
+    _at_least("--dinov2-resolution", args.dinov2_resolution, 1)
+    check_output_file(args.output, "--output", image=False)
+    if args.grid:
+        check_output_file(args.grid, "--grid")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    _check_evaluate_args(args)
     metrics, skip_unavailable = _metric_request(args.metrics)
     from transformers.utils import logging as transformers_logging
+
+    from .metrics import Evaluator, format_table
+    from .viz import make_grid
 
     transformers_logging.disable_progress_bar()  # DINOv2's "Loading weights" bar
     pipe, name, steps = open_pipeline(args)
     resolution = pipe.unet.config.sample_size
-    reference = take_dataset_images(_data_config(args, resolution, center_crop=True, random_flip=False), args.num)
+    reference = take_dataset_images(args, args.num, resolution=resolution, center_crop=True, random_flip=False)
     if len(reference) < args.num:
         print(f"note: the dataset has {len(reference)} images; evaluating {len(reference)}.", file=sys.stderr)
     evaluator = Evaluator(
@@ -544,7 +687,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for reason in dict.fromkeys(evaluator.skipped.values()):
         names = ", ".join(m for m, r in evaluator.skipped.items() if r == reason)
         print(f"note: {names} skipped: {reason}", file=sys.stderr)
-    samples = sample_with_progress(pipe, len(reference), args.seed, args.batch_size, steps, _call_kwargs(args))
+    call_kwargs = _call_kwargs(args)
+    samples = sample_with_progress(pipe, len(reference), args.seed, args.batch_size, steps, call_kwargs, name=name)
     if args.grid:
         print(_save(make_grid(samples[:64]), args.grid))
     results = evaluator(samples * 2 - 1)

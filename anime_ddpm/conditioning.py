@@ -205,14 +205,13 @@ def sample_per_domain(
     pipe: Any,
     num_per_domain: int,
     *,
-    seed: int = 0,
-    batch_size: int = 16,
-    num_inference_steps: int = 25,
-    guidance_scale: float = 1.0,
     domains: Sequence[str | int] | None = None,
+    num_inference_steps: int = 25,
+    **generate_kwargs: Any,
 ) -> dict[str, torch.Tensor]:
     """{domain name: (n, C, H, W) in [0, 1]}: the same seeds (image i seeded seed + i) in every domain, so a column
-    of a grid shares its starting noise."""
+    of a grid shares its starting noise. `generate_kwargs` (seed, batch_size, guidance_scale, ...) go to
+    `sampling.generate`."""
     from .sampling import generate
 
     names = list(domains) if domains is not None else pipe.domains
@@ -220,13 +219,7 @@ def sample_per_domain(
         raise ValueError("This model has no domains: it was not trained with --condition_on_source.")
     return {
         str(name): generate(
-            pipe,
-            num_per_domain,
-            seed=seed,
-            batch_size=batch_size,
-            num_inference_steps=num_inference_steps,
-            domain=name,
-            guidance_scale=guidance_scale,
+            pipe, num_per_domain, num_inference_steps=num_inference_steps, domain=name, **generate_kwargs
         )
         for name in names
     }
@@ -236,25 +229,18 @@ def domain_grid(
     pipe: Any,
     num_images: int,
     *,
-    seed: int = 0,
     batch_size: int = 64,
-    num_inference_steps: int = 25,
     guidance_scale: float = 1.0,
     scale: int | None = None,
+    **sample_kwargs: Any,
 ):
-    """A PIL grid with one labelled row per domain, `num_images` in all (at least one per domain)."""
+    """A PIL grid with one labelled row per domain, `num_images` in all (at least one per domain).
+
+    `sample_kwargs` (seed, num_inference_steps, ...) go to `sample_per_domain`."""
     from . import viz
 
-    domains = pipe.domains
-    per_row = max(1, num_images // max(1, len(domains)))
-    samples = sample_per_domain(
-        pipe,
-        per_row,
-        seed=seed,
-        batch_size=batch_size,
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
-    )
+    per_row = max(1, num_images // max(1, len(pipe.domains)))
+    samples = sample_per_domain(pipe, per_row, batch_size=batch_size, guidance_scale=guidance_scale, **sample_kwargs)
     size = next(iter(samples.values())).shape[-1]
     scale = scale or viz.auto_scale(size)
     rows = [viz.to_pil(images, scale=scale) for images in samples.values()]

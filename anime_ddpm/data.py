@@ -17,6 +17,7 @@ them file by file. Hub and parquet streams shuffle with a buffer, whose content 
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import os
@@ -40,6 +41,7 @@ from PIL import Image, ImageOps
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from . import emoji, network
+from .errors import first_line
 
 
 logger = logging.getLogger(__name__)
@@ -52,7 +54,6 @@ IMAGE_EXTENSIONS = frozenset(
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's decompression-bomb limit
 CELEBA_FACE_BOX = (25, 57, 153, 185)  # 128x128 centred at (89, 121) of the aligned 178x218 images (DDPM, DDIM)
 CELEBA_SIZE = (178, 218)
-HUB_PROBE_TIMEOUT = 2.0  # seconds
 MAX_SHARDS_IN_MEMORY = 256  # shards of a non-streamed (downloaded) Hub dataset
 SKIP_WARNINGS = 10  # skipped files named in the log per process; the rest are only counted
 SKIP_REASONS = ("empty", "not an image", "truncated", "too large", "unreadable")
@@ -77,6 +78,14 @@ class DataConfig:
     streaming: bool | None = None  # None: stream Hub ids (local folders and emoji are always read lazily)
     shuffle_buffer: int = 1000  # 0: no shuffling at all
     seed: int = 0
+
+    @classmethod
+    def from_options(cls, options: Any, **overrides: Any) -> DataConfig:
+        """The data settings among any object's attributes (parsed flags, a TrainingConfig) with the same names;
+        None means "the default" and `overrides` win."""
+        values = {f.name: getattr(options, f.name, None) for f in dataclasses.fields(cls)}
+        values.update(overrides)
+        return cls(**{name: value for name, value in values.items() if value is not None})
 
 
 @dataclass(frozen=True)
@@ -292,9 +301,6 @@ def _is_number(text: str) -> bool:
         return False
 
 
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
-
-
 def resolve_source(name: str, weight: float, config: DataConfig) -> Source:
     """What a dataset name refers to: an emoji preset, a Hub preset, a local folder or parquet files, or a Hub id."""
     column = config.image_column
@@ -314,7 +320,7 @@ def resolve_source(name: str, weight: float, config: DataConfig) -> Source:
         return Source(name, kind, location, weight, column or "image")
     if path.endswith(".parquet") or (glob.has_magic(path) and glob.glob(path)):
         return Source(name, "parquet", path, weight, column or "image")
-    if os.path.isabs(path) or path.startswith(".") or not _HUB_ID.match(name):
+    if os.path.isabs(path) or path.startswith(".") or not network.is_repo_id(name):
         raise DataError(
             f"{name!r} is not a preset ({', '.join([*EMOJI_PRESETS, *PRESETS])}), an existing folder, parquet files or a Hub dataset id; check the spelling or the path."
         )
@@ -336,11 +342,32 @@ def resolve_sources(config: DataConfig) -> list[Source]:
 
 
 def _iter_image_files(folder: str) -> Iterator[str]:
+    """Image files under `folder`, sorted, hidden ones left out; followed links are walked once each.
+
+    A link to a folder already being walked (`ln -s . loop`) would list its files again, or forever; folders are
+    recognised by (device, inode), so each real folder is visited once, and each real file listed once.
+    """
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
     for root, dirs, files in os.walk(folder, followlinks=True):
+        info = os.stat(root)
+        if (info.st_dev, info.st_ino) in seen_dirs:
+            dirs[:] = []
+            continue
+        seen_dirs.add((info.st_dev, info.st_ino))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                yield os.path.join(root, name)
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            path = os.path.join(root, name)
+            try:
+                file_info = os.stat(path)
+            except OSError:  # a dangling link: listed, and skipped as unreadable when read
+                yield path
+                continue
+            if (file_info.st_dev, file_info.st_ino) not in seen_files:
+                seen_files.add((file_info.st_dev, file_info.st_ino))
+                yield path
 
 
 def list_image_files(folder: str, split: str = "train") -> list[str]:
@@ -403,22 +430,6 @@ def _standardise(ds: IterableDataset, source: Source, index: int, config: DataCo
     return ds
 
 
-def _offline() -> bool:
-    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("HF_DATASETS_OFFLINE", ""))
-    return any(flag.upper() in ("1", "ON", "YES", "TRUE") for flag in flags) or bool(datasets.config.HF_HUB_OFFLINE)
-
-
-def _behind_proxy() -> bool:
-    """A proxy may reach the Hub where a direct connection cannot: then let `datasets` try."""
-    return any(
-        os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")
-    )
-
-
-def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
-    return network.hub_reachable(timeout)
-
-
 def _no_hub_error(source: Source, reason: str) -> DataError:
     named = repr(source.location) if source.name == source.location else f"{source.name!r} ({source.location})"
     return DataError(
@@ -429,7 +440,7 @@ def _no_hub_error(source: Source, reason: str) -> DataError:
 
 def _load_hub(source: Source, config: DataConfig) -> IterableDataset:
     streaming = True if config.streaming is None else config.streaming
-    if not _offline() and not _behind_proxy() and not hub_reachable():
+    if not network.is_offline() and not network.behind_proxy() and not network.hub_reachable():
         from huggingface_hub import constants
 
         raise _no_hub_error(source, f"no network connection to {urlparse(constants.ENDPOINT).hostname}")
@@ -442,7 +453,7 @@ def _load_hub(source: Source, config: DataConfig) -> IterableDataset:
             cache_dir=config.cache_dir,
         )
     except Exception as err:
-        reason = "offline mode is on and it is not in the cache" if _offline() else _first_line(err)
+        reason = "offline mode is on and it is not in the cache" if network.is_offline() else first_line(err)
         raise _no_hub_error(source, reason) from err
     if not streaming:
         return ds.to_iterable_dataset(num_shards=max(1, min(len(ds), MAX_SHARDS_IN_MEMORY)))
@@ -460,7 +471,7 @@ def _load_parquet(source: Source, config: DataConfig) -> IterableDataset:
         )
     except Exception as err:
         raise DataError(
-            f"Cannot read the parquet files {source.name!r} ({_first_line(err)}); check that they are parquet tables."
+            f"Cannot read the parquet files {source.name!r} ({first_line(err)}); check that they are parquet tables."
         ) from err
     if not streaming:
         return ds.to_iterable_dataset(num_shards=max(1, min(len(ds), MAX_SHARDS_IN_MEMORY)))
@@ -473,12 +484,6 @@ def _reshard(ds: IterableDataset) -> IterableDataset:
         return ds.reshard()
     except Exception:  # formats that cannot be split further stay as they are
         return ds
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    message = text[0] if text else type(err).__name__
-    return message if len(message) <= 160 else message[:157] + "..."
 
 
 def _source_stream(source: Source, index: int, config: DataConfig) -> tuple[IterableDataset, int | None]:
@@ -642,13 +647,6 @@ def build_dataset(config: DataConfig, rank: int = 0, world_size: int = 1) -> Tra
 # ----------------------------------------------------------------------------------------------- the loader
 
 
-def collate_examples(examples: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
-        "source": torch.tensor([example["source"] for example in examples], dtype=torch.long),
-    }
-
-
 class TrainLoader(StatefulDataLoader):
     """Batches of a `TrainDataset`; its `state_dict` is the data position for a checkpoint (all workers included).
 
@@ -663,9 +661,7 @@ class TrainLoader(StatefulDataLoader):
         kwargs.setdefault("pin_memory", torch.cuda.is_available())
         with warnings.catch_warnings():  # torchdata 0.11 calls torch.set_vital, deprecated in recent torch
             warnings.filterwarnings("ignore", message=".*set_vital.*")
-            super().__init__(
-                dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_examples, **kwargs
-            )
+            super().__init__(dataset, batch_size=batch_size, num_workers=workers, **kwargs)
 
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)

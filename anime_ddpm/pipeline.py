@@ -9,6 +9,7 @@ every model we push, so users with only diffusers installed can load it with
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -46,6 +47,28 @@ def predict_original_sample(
     raise ValueError(f"Unknown prediction_type {prediction_type!r}; expected epsilon, v_prediction or sample.")
 
 
+def evenly_spaced_steps(total: int, count: int) -> list[int]:
+    """`count` step indices spread evenly from the first step to the last, so that a strip or a GIF of the reverse
+    process always starts from noise and ends at the sample (every step when `count` <= 0 or >= `total`)."""
+    if count <= 0 or count >= total:
+        return list(range(total))
+    if count == 1:
+        return [total - 1]
+    return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)})
+
+
+def display_scale(scheduler: SchedulerMixin, step: int) -> float:
+    """The factor that puts the latents after denoising step `step` on the data's [-1, 1] scale for display.
+
+    Sigma-space samplers (Euler, Heun, ...) carry x_0 + sigma * eps, i.e. sqrt(1 + sigma^2) times the
+    variance-preserving x_t that DDPM, DDIM, DPM-Solver and UniPC carry; shown as they are, they look saturated.
+    """
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is None or float(scheduler.init_noise_sigma) <= 1.0 + 1e-6 or step + 1 >= len(sigmas):
+        return 1.0
+    return 1.0 / math.sqrt(1.0 + float(sigmas[step + 1]) ** 2)
+
+
 class DenoisingRecorder:
     """A `callback_on_step_end` that keeps x_t and the predicted x_0 at chosen step indices (for strips and GIFs).
 
@@ -58,8 +81,12 @@ class DenoisingRecorder:
     tensor_inputs = ["latents", "pred_original_sample"]
 
     def __init__(self, steps: Sequence[int] | None = None, num_snapshots: int | None = None):
+        """Keeps the step indices `steps` (negative ones count from the end), else `num_snapshots` evenly spaced
+        ones (0: every step; default 10)."""
         if steps is None and num_snapshots is None:
             num_snapshots = 10
+        if num_snapshots is not None and num_snapshots < 0:
+            raise ValueError(f"num_snapshots must be 0 (every step) or more, got {num_snapshots}.")
         self._requested_steps = None if steps is None else sorted({int(s) for s in steps})
         self.num_snapshots = num_snapshots
         self.steps: list[int] = []
@@ -70,10 +97,7 @@ class DenoisingRecorder:
     def wanted_steps(self, total_steps: int) -> set[int]:
         if self._requested_steps is not None:
             return {s if s >= 0 else total_steps + s for s in self._requested_steps}
-        n = max(1, min(self.num_snapshots, total_steps))
-        if n == 1:
-            return {total_steps - 1}
-        return {round(i * (total_steps - 1) / (n - 1)) for i in range(n)}
+        return set(evenly_spaced_steps(total_steps, self.num_snapshots))
 
     def __call__(self, pipe: AnimeDDPMPipeline, step: int, timestep: Any, callback_kwargs: dict) -> dict:
         if step in self.wanted_steps(pipe.num_timesteps):
@@ -123,10 +147,6 @@ class AnimeDDPMPipeline(DiffusionPipeline):
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # ----------------------------------------------------------------------------------------------------- sharing
-    # `anime_ddpm.hub` sets this to its `push_to_hub` (rendered model card, sample grid, one-sentence errors). Where
-    # it is unset, e.g. this file loaded as a Hub repo's remote code, `push_to_hub` is diffusers' own.
-    hub_push_function: Callable[..., str] | None = None
-
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         """`DiffusionPipeline.save_pretrained`, plus this file as `pipeline.py`, so that the folder (and a Hub repo
         made from it, by `push_to_hub` or by hand) loads with only diffusers installed through
@@ -141,13 +161,25 @@ class AnimeDDPMPipeline(DiffusionPipeline):
     def push_to_hub(self, repo_id: str, *args: Any, **kwargs: Any) -> str:
         """Uploads the pipeline, `pipeline.py` and a model card to the Hub repo `repo_id` (created if needed).
 
-        With the anime-ddpm package installed this is `anime_ddpm.hub.push_to_hub(self, repo_id, ...)`: the card is
-        rendered from the model's config and carries a sample grid. Otherwise it is diffusers' `push_to_hub`.
+        With the anime-ddpm package installed this is `anime_ddpm.hub.push_to_hub(self, repo_id, **kwargs)`: the card
+        is rendered from the model's config and carries a sample grid, and failures are one sentence. Where this file
+        runs without the package (a Hub repo's remote code) it is diffusers' own `push_to_hub`.
         """
-        push = type(self).hub_push_function
-        if push is None:
-            return super().push_to_hub(repo_id, *args, **kwargs)
-        return push(self, repo_id, *args, **kwargs)
+        if args:
+            raise TypeError(
+                f"AnimeDDPMPipeline.push_to_hub takes only repo_id positionally, got {len(args)} more: pass them by "
+                "keyword (e.g. private=True)."
+            )
+        try:  # imported here: this file must load without the package, and anime_ddpm.hub imports this module
+            from anime_ddpm.hub import push_to_hub
+            from anime_ddpm.pipeline import AnimeDDPMPipeline as PackagedPipeline
+        except ImportError as error:
+            if not (error.name or "").startswith("anime_ddpm"):
+                raise
+            return super().push_to_hub(repo_id, **kwargs)
+        if not isinstance(self, PackagedPipeline):  # this file loaded as remote code beside an installed package
+            return super().push_to_hub(repo_id, **kwargs)
+        return push_to_hub(self, repo_id, **kwargs)
 
     # ----------------------------------------------------------------------------------------------------- domains
     @property
@@ -182,8 +214,8 @@ class AnimeDDPMPipeline(DiffusionPipeline):
             )
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}; got {output_type!r}.")
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}.")
+        if not (math.isfinite(guidance_scale) and guidance_scale >= 0):
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}.")
 
     def _step_kwargs(self, generator, eta: float) -> dict[str, Any]:
         accepted = set(inspect.signature(self.scheduler.step).parameters)

@@ -2,7 +2,7 @@
 
 For each UNet (preset:resolution), one batch (batch 4 or 8, fixed seeds) and an MSE loss against a random target, the
 gradient of every parameter is computed in float64 eager (the exact gradient to ~1e-12), then in float32: eager,
-`torch.compile` with Inductor's defaults, and `torch.compile(options=training.COMPILE_OPTIONS)` as `--compile` runs
+`torch.compile` with Inductor's defaults, and `torch.compile(options=state.COMPILE_OPTIONS)` as `--compile` runs
 it. Prints the relative error ||g - g64|| / ||g64|| over all parameters, and the parameters whose gradient came out
 exactly zero. In torch 2.13 on CPU the default layout optimisation made the compiled backward silently wrong.
 
@@ -45,7 +45,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from anime_ddpm.models import build_unet
-    from anime_ddpm.training import COMPILE_OPTIONS
+    from anime_ddpm.state import COMPILE_OPTIONS
 
     print("| UNet | eager fp32 | compiled, Inductor defaults | compiled, `--compile` (layout optimisation off) |")
     print("|---|---|---|---|")

@@ -26,7 +26,7 @@ from datasets import Dataset
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from anime_ddpm.data import DataConfig, build_dataloader, build_dataset, collate_examples
+from anime_ddpm.data import DataConfig, build_dataloader, build_dataset
 from anime_ddpm.models import build_unet
 
 
@@ -70,9 +70,7 @@ def data_rate(dataset_name: str, workers: int, limit: int, cache_dir: str, plain
     config = DataConfig(dataset=dataset_name, resolution=RESOLUTION, random_flip=True, cache_dir=cache_dir)
     dataset = build_dataset(config)
     if plain:
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=BATCH, num_workers=min(workers, dataset.num_shards), collate_fn=collate_examples
-        )
+        loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, num_workers=min(workers, dataset.num_shards))
     else:
         loader = build_dataloader(dataset, BATCH, num_workers=workers)
     return images_per_second(loader, limit)

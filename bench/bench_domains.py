@@ -52,6 +52,7 @@ def train(args: argparse.Namespace, output_dir: Path) -> float:
         "--logger", "none",
         "--seed", "0",
         "--output_dir", str(output_dir),
+        "--overwrite_output_dir",
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     start = time.perf_counter()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -58,7 +57,6 @@ CONFIGS: dict[str, dict] = {
 }
 TEST_IMAGES = 64  # the emoji test split
 TRAIN_IMAGES = 571  # the emoji train split
-TRAINED = re.compile(r"Trained (\d+) steps in (\d+) s; final loss ([-\w.]+)")
 
 
 def accelerate_launch() -> list[str]:
@@ -79,14 +77,14 @@ def start_run(name: str, command: list[str], run_dir: Path, env: dict[str, str])
     return process
 
 
-def wait_for_run(name: str, process: subprocess.Popen, run_dir: Path) -> re.Match | None:
-    """Wait for a run started by `start_run`; exit with its log's tail if it failed; its 'Trained ...' line."""
+def wait_for_run(name: str, process: subprocess.Popen, run_dir: Path) -> dict:
+    """Wait for a run started by `start_run`; exit with its log's tail if it failed; its summary.json."""
     returncode = process.wait()
     log_path = run_dir.with_suffix(".log")
-    text = log_path.read_text(errors="replace")
-    if returncode != 0:
+    if returncode != 0 or not (run_dir / "summary.json").is_file():
+        text = log_path.read_text(errors="replace")
         sys.exit(f"[{name}] training failed (exit {returncode}); last lines of {log_path}:\n{text[-3000:]}")
-    return TRAINED.search(text)
+    return json.loads((run_dir / "summary.json").read_text())
 
 
 def train(args: argparse.Namespace, name: str, run_dir: Path) -> subprocess.Popen:
@@ -122,11 +120,12 @@ def train(args: argparse.Namespace, name: str, run_dir: Path) -> subprocess.Pope
 
 def finish(args: argparse.Namespace, name: str, run_dir: Path, process: subprocess.Popen) -> dict:
     """Wait for a run; returns the steps, the trainer's own loop time and the wall time."""
-    match = wait_for_run(name, process, run_dir)
+    summary = wait_for_run(name, process, run_dir)
     wall = time.perf_counter() - process.started  # type: ignore[attr-defined]
-    steps, loop_seconds, loss = (int(match[1]), float(match[2]), match[3]) if match else (args.steps, wall, "?")
+    steps, loop_seconds, loss = summary["steps"], summary["seconds"], summary["final_loss"]
     print(
-        f"[{name}] trained {steps} steps: loop {loop_seconds:.0f} s, wall {wall:.0f} s, final loss {loss}", flush=True
+        f"[{name}] trained {steps} steps: loop {loop_seconds:.0f} s, wall {wall:.0f} s, final loss {loss:.4f}",
+        flush=True,
     )
     return {"steps": steps, "train_seconds": loop_seconds, "wall_seconds": wall, "final_loss": loss}
 

@@ -51,7 +51,15 @@ from bench.bench_objectives import (
 ROOT = Path(__file__).resolve().parents[1]
 TEST_IMAGES = 64  # the emoji test split
 # Bookkeeping only: nothing here changes what is learned.
-BOOKKEEPING = ["--logger", "none", "--save_images_steps", "0", "--checkpointing_steps", str(10**9)]
+BOOKKEEPING = [
+    "--logger",
+    "none",
+    "--save_images_steps",
+    "0",
+    "--checkpointing_steps",
+    str(10**9),
+    "--overwrite_output_dir",
+]
 REFERENCE_FLAGS = [
     "--model_config_name_or_path", "{reference_unet}",
     "--prediction_type", "epsilon",
@@ -78,8 +86,8 @@ RECIPES: dict[str, dict] = {
 
 def reference_unet_config(path: Path) -> Path:
     """Our default UNet's widths and blocks with UNet2DModel's default attention_head_dim=8, as the example has."""
+    from anime_ddpm.config import TrainingConfig
     from anime_ddpm.models import unet_config
-    from anime_ddpm.training import TrainingConfig
 
     defaults = TrainingConfig()
     config = unet_config(defaults.model, defaults.resolution)
@@ -105,11 +113,9 @@ def launch(name: str, flags: list[str], run_dir: Path, minutes: float, seed: int
 
 
 def finished(name: str, process: subprocess.Popen, run_dir: Path) -> dict:
-    match = wait_for_run(name, process, run_dir)
-    if match is None:
-        sys.exit(f"[{name}] no 'Trained N steps' line in {run_dir.with_suffix('.log')}")
-    steps, seconds, loss = int(match[1]), float(match[2]), match[3]
-    print(f"[{name}] trained {steps} steps in {seconds:.0f} s, final loss {loss}", flush=True)
+    summary = wait_for_run(name, process, run_dir)
+    steps, seconds, loss = summary["steps"], summary["seconds"], summary["final_loss"]
+    print(f"[{name}] trained {steps} steps in {seconds:.0f} s, final loss {loss:.4f}", flush=True)
     return {"steps": steps, "train_seconds": seconds, "final_loss": loss}
 
 
@@ -191,10 +197,10 @@ def main() -> None:
 
     # ------------------------------------------------------------------------- sample and score
     torch.set_num_threads(args.threads)
+    from anime_ddpm.config import TrainingConfig
     from anime_ddpm.data import DataConfig, take_images
     from anime_ddpm.metrics import sliced_wasserstein_distance
     from anime_ddpm.sampling import generate, load_pipeline
-    from anime_ddpm.training import TrainingConfig
 
     defaults = TrainingConfig()
     fast_name, fast_steps = defaults.sample_scheduler, defaults.preview_steps()
@@ -232,7 +238,7 @@ def main() -> None:
     lines.append("|---" * (3 + len(samplers)) + "|")
     for name in names:
         cells = " | ".join(f"{scores[name][s]:.0f}" for s in samplers)
-        lines.append(f"| {recipes[name]['label']} | {training[name]['steps']} | {training[name]['final_loss']} | {cells} |")  # fmt: skip
+        lines.append(f"| {recipes[name]['label']} | {training[name]['steps']} | {training[name]['final_loss']:.4f} | {cells} |")  # fmt: skip
     lines.append(f"| 64 real training images (the floor) | - | - | {' | '.join(f'{floor:.0f}' for _ in samplers)} |")
     table = "\n".join(lines)
     ratios, excess_ratios = {}, {}

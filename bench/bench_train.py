@@ -12,7 +12,7 @@ Variants (`--variants`):
   `accelerator.accumulate`, `F.mse_loss`, `accelerator.backward`, `clip_grad_norm_`, `optimizer.step()` (AdamW's
   default implementation), `lr_scheduler.step()`, `zero_grad()`, `EMAModel.step` (foreach off) and
   `loss.detach().item()` logged with `progress_bar.set_postfix` every step.
-- `ours`: the step of `anime_ddpm.training.train` with its defaults (`training.build_optimizer`, `speed_up_model`,
+- `ours`: the step of `anime_ddpm.training.train` with its defaults (`state.build_optimizer`, `speed_up_model`,
   `DiffusionLoss` with fp32 noising, EMA with foreach, sums kept on the device and logged every `logging_steps`),
   on the reference's objective (epsilon, linear betas) so that both steps do the same maths.
 - `reference:heads=8`: the reference with the UNet as train_unconditional.py builds it, diffusers' default
@@ -141,16 +141,11 @@ class ReferenceStep:
         from diffusers.training_utils import EMAModel
         from tqdm.auto import tqdm
 
-        from anime_ddpm.models import unet_config
-        from anime_ddpm.training import TrainingConfig
+        from anime_ddpm.config import TrainingConfig
 
         defaults = TrainingConfig()
         accelerator = self.accelerator = setup.accelerator
-        config = unet_config(setup.preset, setup.resolution)
-        if "heads" in options:
-            config["attention_head_dim"] = int(options["heads"])
-        model = UNet2DModel(**config)
-        model.load_state_dict(setup.initial_state)
+        model = initial_unet(setup, options)
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=1000)
         optimizer = torch.optim.AdamW(
             model.parameters(),
@@ -218,79 +213,66 @@ class ReferenceStep:
         return self.accelerator.unwrap_model(self.model)
 
 
+def initial_unet(setup: Setup, options: dict[str, str]):
+    """The UNet every variant starts from (the same initial weights), with `heads=N` attention heads if asked."""
+    from diffusers import UNet2DModel
+
+    from anime_ddpm.models import unet_config
+
+    kwargs = unet_config(setup.preset, setup.resolution)
+    if "heads" in options:
+        kwargs["attention_head_dim"] = int(options["heads"])
+    model = UNet2DModel(**kwargs)
+    model.load_state_dict(setup.initial_state)
+    return model
+
+
 class OurStep:
     """One optimiser step of `anime_ddpm.training.train` (gradient accumulation 1), with its default settings except
     the objective, which is the reference's.
 
-    Runs `training.TrainStep` (train()'s own forward, backward, clip, non-finite check, optimiser step), then LR,
-    EMA, window sums and logging every `logging_steps` as train() does; builds the optimiser and model with
-    train()'s helpers.
+    Built with the trainer's own builders (anime_ddpm.state: objective, optimiser, LR schedule, speed-ups, EMA) and
+    run with its `TrainStep` (forward, backward, clip, non-finite check, optimiser step), then LR, EMA and the
+    logging window every `logging_steps`, as the loop does; only the data comes from memory.
     """
 
     def __init__(self, setup: Setup, options: dict[str, str]):
-        import torch
-        from diffusers import UNet2DModel
-        from diffusers.optimization import get_scheduler
-        from diffusers.training_utils import EMAModel
         from tqdm.auto import tqdm
 
-        from anime_ddpm import losses, training
-        from anime_ddpm.models import unet_config
+        from anime_ddpm import state
+        from anime_ddpm.budget import TrainingClock
+        from anime_ddpm.config import TrainingConfig
+        from anime_ddpm.step import TrainStep, new_window
 
         # The reference's objective (epsilon on linear betas, as train_unconditional.py): the step is compared at the
         # same maths, and the loss check below needs the same loss. The default x_0 target on cosine betas costs the
         # same per step (bench_recipe.py compares the recipes).
-        overrides: dict[str, Any] = {"prediction_type": "epsilon", "ddpm_beta_schedule": "linear"}
+        overrides: dict[str, Any] = {"prediction_type": "epsilon", "ddpm_beta_schedule": "linear",
+                                     "lr_warmup_steps": LR_WARMUP_STEPS}  # fmt: skip
         if "compile" in options:
             overrides["compile"] = options["compile"] == "1"
         if options.get("nonfinite_check") == "0":
             overrides["max_nonfinite_steps"] = 0
-        known = set(training.TrainingConfig.__dataclass_fields__)
-        self.config = config = training.TrainingConfig(**{k: v for k, v in overrides.items() if k in known})
-        # Levers this version of training.py has no setting for: the bench applies them itself (see below).
+        known = set(TrainingConfig.__dataclass_fields__)
+        self.config = config = TrainingConfig(**{k: v for k, v in overrides.items() if k in known})
+        # Levers this version of the trainer has no setting for: the bench applies them itself (see below).
         self.ignored = sorted(set(overrides) - known)
         accelerator = self.accelerator = setup.accelerator
 
-        unet_kwargs = unet_config(setup.preset, setup.resolution)
-        if "heads" in options:
-            unet_kwargs["attention_head_dim"] = int(options["heads"])
-        model = UNet2DModel(**unet_kwargs)
-        model.load_state_dict(setup.initial_state)
-        noise_scheduler = losses.make_noise_scheduler(
-            num_train_timesteps=config.ddpm_num_steps,
-            beta_schedule=config.ddpm_beta_schedule,
-            prediction_type=config.prediction_type,
-            variance_type=config.variance_type,
-        )
-        self.loss_fn = losses.DiffusionLoss(noise_scheduler, snr_gamma=config.snr_gamma)
-        optimizer = training.build_optimizer(config, model, accelerator, implementation=options.get("adamw"))
-        self.lr_scheduler = get_scheduler(
-            config.lr_scheduler,
-            optimizer=optimizer,
-            num_warmup_steps=LR_WARMUP_STEPS,
-            num_training_steps=setup.total_steps,
-        )
+        model = initial_unet(setup, options)
+        _, self.loss_fn = state.build_objective(config)
+        optimizer = state.build_optimizer(config, model, accelerator, implementation=options.get("adamw"))
+        self.lr_scheduler = state.build_lr_scheduler(config, optimizer, setup.total_steps, TrainingClock())
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         groupnorm_fp32 = options.get("gn_fp32") == "1"
-        self.model = training.speed_up_model(config, self.model, accelerator, groupnorm_fp32=groupnorm_fp32)
-        self.ema = None
-        if config.use_ema:
-            self.ema = EMAModel(
-                accelerator.unwrap_model(self.model).parameters(),
-                decay=config.ema_max_decay,
-                use_ema_warmup=True,
-                inv_gamma=config.ema_inv_gamma,
-                power=config.ema_power,
-                foreach=options.get("ema_foreach", "1") == "1",
-            )
+        self.model = state.speed_up_model(config, self.model, accelerator, groupnorm_fp32=groupnorm_fp32)
+        self.ema = state.build_ema(config, self.unet, foreach=options.get("ema_foreach", "1") == "1")
+        if self.ema is not None:
             self.ema.to(accelerator.device)
-        generator = training.noise_generator(setup.seed, 0, accelerator.device)
-        self.train_step = training.TrainStep(
-            accelerator, self.model, self.optimizer, self.loss_fn, generator, config.max_grad_norm,
-            check_finite=bool(config.max_nonfinite_steps),
-        )  # fmt: skip
-        zero = torch.zeros((), device=accelerator.device)
-        self.window = {k: zero.clone() for k in ("loss", "simple", "vlb", "grad_norm", "micro", "steps", "images")}
+        generator = state.noise_generator(setup.seed, 0, accelerator.device)
+        self.train_step = TrainStep(accelerator, self.model, self.optimizer, self.loss_fn, generator,
+                                    config.max_grad_norm, check_finite=bool(config.max_nonfinite_steps))  # fmt: skip
+        self.window = new_window(accelerator.device)
         self.progress = tqdm(total=setup.total_steps, file=io.StringIO())
         self.global_step = 0
         self.model.train()
@@ -298,24 +280,20 @@ class OurStep:
     def step(self, batch):
         import torch
 
+        from anime_ddpm.run_log import window_logs
+
         accelerator, config, window = self.accelerator, self.config, self.window
         self.train_step(batch.to(accelerator.device, non_blocking=True))  # train()'s own step
         loss = self.train_step.pending["loss"].clone()
         self.lr_scheduler.step()
         if self.ema is not None:
-            self.ema.step(accelerator.unwrap_model(self.model).parameters())
+            self.ema.step(self.unet.parameters())
         self.global_step += 1
         self.progress.update(1)
         self.train_step.drain_into(window)
         if self.global_step % config.logging_steps == 0:
             totals = accelerator.reduce(torch.stack(list(window.values())), reduction="sum").tolist()
-            sums = dict(zip(window, totals))
-            logs = {
-                "loss": sums["loss"] / max(sums["micro"], 1),
-                "loss_simple": sums["simple"] / max(sums["micro"], 1),
-                "grad_norm": sums["grad_norm"] / max(sums["steps"], 1),
-                "lr": self.lr_scheduler.get_last_lr()[0],
-            }
+            logs = window_logs(dict(zip(window, totals)), 1.0, self.lr_scheduler.get_last_lr()[0], 1)
             if self.ema is not None:
                 logs["ema_decay"] = self.ema.cur_decay_value
             accelerator.log(logs, step=self.global_step)

@@ -10,16 +10,19 @@ from diffusers import UNet2DModel
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
 
+# The smallest UNet2DModel config: an oracle's `forward` ignores the layers, but the pipeline reads the config.
+STUB_UNET_CONFIG = dict(
+    block_out_channels=(4, 4),
+    layers_per_block=1,
+    norm_num_groups=2,
+    down_block_types=("DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D"),
+)
+
+
 class GaussianOracleUNet(UNet2DModel):
     def __init__(self, mean, std, alphas_cumprod, sample_size=8, scheduler=None, prediction_type="epsilon"):
-        super().__init__(
-            sample_size=sample_size,
-            block_out_channels=(4, 4),
-            layers_per_block=1,
-            norm_num_groups=2,
-            down_block_types=("DownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "UpBlock2D"),
-        )
+        super().__init__(sample_size=sample_size, **STUB_UNET_CONFIG)
         self.data_mean = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
         self.data_std = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
         abar = np.asarray(alphas_cumprod, dtype=np.float64)

@@ -10,10 +10,11 @@ import shutil
 import pytest
 import torch
 
-from anime_ddpm import training
+from anime_ddpm import checkpoint, state
 from anime_ddpm.budget import TimeBudgetLR, TrainingClock, parse_duration
-from anime_ddpm.training import TrainingConfig, TrainingError
-from tests.test_training_runs import TINY, read_jsonl, start
+from anime_ddpm.config import TrainingConfig
+from anime_ddpm.errors import TrainingError
+from tests.test_training_runs import TINY, read_jsonl, read_summary, start
 
 
 @pytest.mark.parametrize(
@@ -92,9 +93,9 @@ def test_lr_warms_up_in_steps_then_follows_the_schedule_over_the_time():
 def test_only_a_budget_means_no_step_limit_and_no_limit_means_fifteen_minutes(monkeypatch):
     from tests.test_training import _FakeAccelerator, _Stream, _Unsized
 
-    monkeypatch.setattr(training, "logger", logging.getLogger("test"))
+    monkeypatch.setattr(state, "logger", logging.getLogger("test"))
     lengths = [
-        training.training_length(TrainingConfig(**settings), _Stream(), _Unsized(), _FakeAccelerator())
+        state.training_length(TrainingConfig(**settings), _Stream(), _Unsized(), _FakeAccelerator())
         for settings in ({"max_train_time": "15m"}, {"max_train_time": "15m", "max_train_steps": 7}, {})
     ]
     assert lengths == [None, 7, None]
@@ -137,7 +138,9 @@ def budget_runs(tmp_path_factory):
 def test_a_budgeted_run_stops_on_time_with_the_usual_final_save(budget_runs):
     root, whole, _ = budget_runs
     assert whole.returncode == 0, whole.output[-3000:]
-    assert "fp32 precision: 4 s of training of 4 images" in whole.output
+    assert "fp32 precision, 1 CPU thread(s) per process (as set): 4 s of training of 4 images" in whole.output
+    summary = read_summary(root / "whole")
+    assert summary["status"] == "completed" and summary["mixed_precision"] == "no" and summary["cpu_threads"] == 1
     for name in ("model_index.json", "samples.png", "README.md", "unet/config.json"):
         assert (root / "whole" / name).exists(), name
     records = [r for r in read_jsonl(root / "dump-whole" / "rank0.jsonl") if "lr" in r]
@@ -146,7 +149,7 @@ def test_a_budgeted_run_stops_on_time_with_the_usual_final_save(budget_runs):
     lrs = [r["lr"] for r in records]
     assert lrs[:3] == pytest.approx([0, 5e-4, 1e-3])  # warm-up in steps
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))  # then the cosine, laid over the time...
-    clock = torch.load(root / "whole" / "checkpoint-4" / "trainer_state_0.pt", weights_only=False)["clock"]
+    clock = checkpoint.verify(root / "whole" / "checkpoint-4")["clock"]
     assert 0 < clock["elapsed"] < 4 and clock["warmup_end"] is not None
     # The checkpoint holds the loop's clock at its step (not, say, the seconds of a logging window).
     assert clock["elapsed"] == pytest.approx(records[3]["elapsed"], abs=0.15)
@@ -164,7 +167,7 @@ def test_a_resumed_budgeted_run_keeps_the_clock_it_had(budget_runs):
     # The clock went on from the checkpoint's time (a restarted one would read ~0.2 s after step 5) and stopped the
     # run once the whole budget was spent, like the uninterrupted run; times are the loop's own, so a loaded machine
     # changes the number of steps, not these.
-    at_checkpoint = torch.load(root / "resumed" / "checkpoint-4" / "trainer_state_0.pt", weights_only=False)["clock"]
+    at_checkpoint = checkpoint.verify(root / "resumed" / "checkpoint-4")["clock"]
     assert at_checkpoint["elapsed"] < resumed_records[0]["elapsed"] < at_checkpoint["elapsed"] + 1.5
     for records in (whole, resumed_records):
         assert 4.0 <= records[-1]["elapsed"] < 5.5, records[-1]

@@ -2,8 +2,11 @@
 
 import json
 import os
+import re
+import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -21,7 +24,8 @@ RESOLUTION = 8
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """A tiny saved model, a folder of face-like PNGs, one PNG and a small random DINOv2 folder."""
+    """A tiny saved model, a folder of face-like PNGs, one PNG, a decompression bomb, a text file and a small random
+    DINOv2 folder."""
     from transformers import Dinov2Config, Dinov2Model
 
     root = tmp_path_factory.mktemp("cli")
@@ -35,6 +39,8 @@ def workdir(tmp_path_factory):
         ImageDraw.Draw(image).ellipse((4, 2, 20, 18), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
         image.save(root / "faces" / f"{i:02d}.png")
     Image.open(root / "faces" / "00.png").save(root / "face.png")
+    _decompression_bomb(root / "bomb.png")
+    (root / "notes.txt").write_text("a file, not a folder")
     config = Dinov2Config(
         hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=16, patch_size=4
     )
@@ -158,6 +164,10 @@ def test_missing_model_folder_through_the_console_script(workdir):
         (["noise", "no-such.png"], "no-such.png"),
         (["evaluate", "model", "--dataset", "faces", "--num", "2", "--metrics", "fid"], "--inception-weights"),
         (["evaluate", "model", "--metrics", "fid,is"], "Unknown metric is"),
+        (["sample", "model", "--guidance-scale", "-1"], "--guidance-scale must be 0 or more"),
+        (["noise", "face.png", "--beta-end", "1.5"], "--beta-end must lie strictly between 0 and 1, got 1.5."),
+        (["noise", "bomb.png"], "decompression-bomb"),
+        (["noise", "face.png", "--scale", "-1"], "--scale must be at least 0 (0: automatic), got -1."),
     ],
 )
 def test_bad_arguments_give_one_sentence(workdir, monkeypatch, capsys, argv, fragment):
@@ -166,3 +176,133 @@ def test_bad_arguments_give_one_sentence(workdir, monkeypatch, capsys, argv, fra
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"anime-ddpm {argv[0]}: error: ") and fragment in err[-1], err
+
+
+def _decompression_bomb(path):
+    """A valid PNG header of 30000 x 30000 pixels (more than twice Pillow's limit) with no image data."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 1, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture
+def no_sampling(workdir, monkeypatch):
+    """In `workdir`, with loading the model or the dataset an error: what a check must refuse before them."""
+    from anime_ddpm import cli
+
+    monkeypatch.chdir(workdir)
+
+    def expensive(*args, **kwargs):
+        raise AssertionError("the model or the dataset was loaded before the arguments were checked")
+
+    monkeypatch.setattr(cli, "open_pipeline", expensive)
+    monkeypatch.setattr(cli, "take_dataset_images", expensive)
+
+
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        (["sample", "model", "--scale", "0"], "--scale must be at least 1, got 0."),
+        (["sample", "model", "--output", "notes.txt/grid.png"], "notes.txt is a file, not a folder"),
+        (
+            ["sample", "model", "--output", "grid.txt"],
+            "grid.txt is not an image file name Pillow writes: end it in .png",
+        ),
+        (["sample", "model", "--output", "faces"], "is a folder: give a file name inside it"),
+        (["sample", "model", "--output", "/proc/anime-ddpm/grid.png"], "the folder /proc does not accept new files"),
+        (["sample", "model", "--save-individual", "notes.txt"], "--save-individual notes.txt: "),
+        (["denoise", "model", "--gif", "notes.txt/a.gif"], "Cannot write --gif notes.txt/a.gif"),
+        (
+            ["denoise", "model", "--gif", "strip.jpg"],
+            "strip.jpg is not an animated image file name Pillow writes: end it in .gif",
+        ),
+        (["denoise", "model", "--gif-frames", "-1"], "--gif-frames must be at least 0 (0: every step)"),
+        (["denoise", "model", "--frame-ms", "0"], "--frame-ms must be at least 1"),
+        (["noise", "face.png", "--output", "notes.txt/noise.png"], "is a file, not a folder"),
+        (["data-preview", "--dataset", "faces", "--output", "notes.txt/p.png"], "is a file, not a folder"),
+        (["data-preview", "--dataset", "faces", "--scale", "-2"], "--scale must be at least 0"),
+        (["evaluate", "model", "--output", "notes.txt/m.json"], "is a file, not a folder"),
+        (["evaluate", "model", "--grid", "grid"], "--grid grid is not an image file name"),
+        (["evaluate", "model", "--dinov2-resolution", "0"], "--dinov2-resolution must be at least 1"),
+    ],
+)
+def test_paths_and_values_are_checked_before_any_work(no_sampling, capsys, argv, fragment):
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"anime-ddpm {argv[0]}: error: ") and fragment in err[0], err
+
+
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        (["sample", "model", "--guidance-scale", "nan"], "argument --guidance-scale: expected a finite number"),
+        (["noise", "face.png", "--beta-start", "inf"], "argument --beta-start: expected a finite number, got 'inf'"),
+        (["demo", "model", "--port", "70000"], "argument --port: expected a port number from 1 to 65535"),
+        (["demo", "model", "--port", "0"], "expected a port number from 1 to 65535, got '0'"),
+    ],
+)
+def test_values_no_command_can_take_are_refused_when_parsed(capsys, argv, fragment):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"anime-ddpm {argv[0]}: error: ") and fragment in err[-1], err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_refused_before_sampling(no_sampling, workdir, capsys):
+    locked = workdir / "locked"
+    locked.mkdir(exist_ok=True)
+    locked.chmod(0o500)
+    try:
+        assert main(["sample", "model", "--output", "locked/grid.png"]) == 1
+    finally:
+        locked.chmod(0o700)
+    assert "does not accept new files" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------- progress
+def test_heun_progress_counts_the_steps_asked_for(workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    argv = ["sample", "model", "--scheduler", "heun", "--steps", "4", "--num", "1", "--output", "heun.png"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "4/4" in err and "7/7" not in err  # 4 Heun steps are 7 model evaluations
+    assert "anime-ddpm: about" not in err  # a fast run gets no estimate
+
+
+def test_completed_steps_follow_heuns_two_evaluations_per_step():
+    from anime_ddpm.cli import completed_steps
+
+    assert [completed_steps(calls, 4, 7) for calls in range(1, 8)] == [0, 1, 1, 2, 2, 3, 4]
+    assert [completed_steps(calls, 3, 3) for calls in range(1, 7)] == [1, 2, 3, 4, 5, 6]  # two batches of DDIM
+
+
+def test_a_long_sampling_run_gets_an_estimate(workdir, monkeypatch, capsys):
+    from anime_ddpm import cli
+
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(cli, "ESTIMATE_OVER_S", 0.0)  # every run is "long" for the tiny model
+    argv = ["sample", "model", "--scheduler", "ddpm", "--steps", "30", "--num", "3", "--batch-size", "2"]
+    assert main([*argv, "--output", "long.png", "--device", "cpu"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "anime-ddpm: about" in line]
+    assert len(lines) == 1, lines
+    assert re.fullmatch(
+        r"anime-ddpm: about \d+ s for 30 ddpm steps x 3 images; --scheduler dpm\+\+ takes 25 steps\.", lines[0]
+    )
+
+
+def test_estimate_from_the_first_model_calls():
+    from anime_ddpm.cli import TimeEstimate
+
+    said = []
+    clock = lambda: 10.0 + 0.2 * estimate.calls  # noqa: E731 - each model call takes 0.2 s
+    estimate = TimeEstimate(1000, lambda seconds: said.append(seconds) or "", clock=clock)
+    for step in range(4):
+        estimate(None, step, 999 - step, {})
+    assert said == [pytest.approx(200.0)]

@@ -6,8 +6,9 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from anime_ddpm.config import TrainingConfig
 from anime_ddpm.models import build_unet
-from anime_ddpm.training import TrainingConfig, speed_up_model
+from anime_ddpm.state import speed_up_model
 
 
 def _gradients(model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""anime_ddpm.data: sources, torchvision-equivalent preprocessing, bad files, ranks, workers, resume."""
+"""anime_ddpm.data: sources, preprocessing (torchvision's documented steps), bad files, ranks, workers, resume."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from datasets import Dataset
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from anime_ddpm import data
+from anime_ddpm import data, network
 from anime_ddpm.data import (
     CELEBA_FACE_BOX,
     DataConfig,
@@ -68,64 +68,97 @@ def config(dataset: str | Path, **kwargs) -> DataConfig:
     return DataConfig(dataset=str(dataset), **kwargs)
 
 
-# ---------------------------------------------------------------------------- torchvision's PIL path, verbatim
-
-
-def tv_resize(img: Image.Image, size: int) -> Image.Image:
-    """torchvision.transforms.Resize(size) on PIL: _compute_resized_output_size, then img.resize(..., BILINEAR)."""
-    w, h = img.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = size, int(size * long / short)
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    if (new_w, new_h) == (w, h):
-        return img
-    return img.resize((new_w, new_h), Image.BILINEAR)
-
-
-def tv_center_crop(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
-    return img.crop((left, top, left + size, top + size))
-
-
-def tv_to_tensor_normalize(img: Image.Image) -> torch.Tensor:
-    """ToTensor() then Normalize([0.5], [0.5])."""
-    t = torch.from_numpy(np.array(img, np.uint8, copy=True)).view(img.size[1], img.size[0], 3)
-    t = t.permute((2, 0, 1)).contiguous().to(torch.float32).div(255)
-    return (t - 0.5) / 0.5
+# ------------------------------------------------------------------------------------------------ preprocessing
+# torchvision's documented steps, pinned on small inputs with expectations worked out by hand: Resize(int) scales the
+# short side and truncates the long side, bilinear with antialiasing; CenterCrop offsets int(round((h - size) / 2))
+# (Python's round: half to even); RandomCrop any offset that fits; ToTensor + Normalize([0.5], [0.5]) maps 0 -> -1
+# and 255 -> 1.
 
 
 def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("size", [(37, 23), (23, 37), (16, 16), (50, 9), (64, 64), (17, 41), (25, 16), (16, 27)])
-def test_center_crop_pipeline_equals_torchvision(size):
-    img = noise_image(*size, seed=sum(size))
-    expected = tv_to_tensor_normalize(tv_center_crop(tv_resize(img, 16), 16))
-    got = Preprocess(resolution=16, center_crop=True)(img, np.random.default_rng(0))
-    assert got.shape == (3, 16, 16) and got.dtype == torch.float32
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+def columns_image(width: int, height: int, step: int = 10) -> Image.Image:
+    """Red = step * column, green = step * row: a pixel's value says where it came from."""
+    x, y = np.meshgrid(np.arange(width), np.arange(height))
+    return Image.fromarray(np.stack([step * x, step * y, np.zeros_like(x)], -1).astype(np.uint8))
 
 
-def test_random_crop_and_flip_cover_torchvision_outcomes():
-    img = noise_image(30, 20, seed=1)
-    resized = tv_resize(img, 8)  # 12x8: horizontal offsets 0..4, vertical 0
-    candidates = {}
-    for left in range(resized.width - 8 + 1):
-        crop = resized.crop((left, 0, left + 8, 8))
-        candidates[left, False] = tv_to_tensor_normalize(crop)
-        candidates[left, True] = tv_to_tensor_normalize(crop.transpose(Image.FLIP_LEFT_RIGHT))
+def levels(pixels: torch.Tensor) -> np.ndarray:
+    """[-1, 1] back to 0..255."""
+    return np.rint((pixels.numpy() + 1) * 127.5).astype(int)
+
+
+@pytest.mark.parametrize(
+    "size, resized",
+    [
+        ((37, 23), (25, 16)),  # 37 * 16 / 23 = 25.7: truncated, not rounded to 26
+        ((23, 37), (16, 25)),
+        ((50, 9), (88, 16)),  # 88.9
+        ((17, 41), (16, 38)),  # 38.6
+        ((64, 64), (16, 16)),
+        ((25, 16), (25, 16)),  # short side already 16: unchanged
+        ((16, 27), (16, 27)),
+    ],
+)
+def test_resize_scales_the_short_side_and_truncates_the_long_one(size, resized):
+    assert data.resized_size(*size, 16) == resized
+    assert data.resize_short_side(noise_image(*size), 16).size == resized
+
+
+def test_resize_is_bilinear_with_antialiasing():
+    """8x8 -> 2x2 with a single white pixel at (3, 3). The triangle filter widened 4x (antialiasing) gives input
+    pixels 0..5 the weights 5, 7, 7, 5, 3, 1 (/28) for the first output pixel and 1, 3, 5, 7, 7, 5 for the second:
+    255 * (5/28)^2 = 8, 255 * 5/28 * 3/28 = 5, 255 * (3/28)^2 = 3. Plain bilinear sampling would miss the pixel."""
+    dot = np.zeros((8, 8, 3), np.uint8)
+    dot[3, 3] = 255
+    out = np.asarray(data.resize_short_side(Image.fromarray(dot), 2))
+    assert out[..., 0].tolist() == [[8, 5], [5, 3]]
+
+
+def test_center_crop_offsets_round_half_to_even():
+    # (25 - 16) / 2 = 4.5 -> 4, (21 - 16) / 2 = 2.5 -> 2, (23 - 16) / 2 = 3.5 -> 4, (27 - 16) / 2 = 5.5 -> 6
+    assert [data.center_crop_offsets(w, 16, 16)[0] for w in (25, 21, 23, 27, 16)] == [4, 2, 4, 6, 0]
+    for (width, height), (left, top) in {(25, 16): (4, 0), (16, 21): (0, 2)}.items():  # short side 16: no resize
+        out = levels(
+            Preprocess(resolution=16, center_crop=True)(columns_image(width, height), np.random.default_rng())
+        )
+        assert out[0, 0, :].tolist() == [10 * (left + i) for i in range(16)]
+        assert out[1, :, 0].tolist() == [10 * (top + i) for i in range(16)]
+
+
+def test_to_tensor_and_normalize_map_0_to_minus_1_and_255_to_1():
+    image = Image.new("RGB", (3, 2), (0, 128, 255))
+    out = Preprocess(resolution=2, center_crop=True)(image, np.random.default_rng(0))
+    assert out.shape == (3, 2, 2) and out.dtype == torch.float32  # (C, H, W), RGB order
+    expected = torch.tensor([-1.0, 128 / 127.5 - 1, 1.0]).view(3, 1, 1).expand(3, 2, 2)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+def test_resize_crop_and_normalise_together():
+    """A 32x48 vertical ramp (row y = 4y): halved, each interior row is the mean of its symmetric filter window,
+    8j + 2; the centre crop keeps rows 4..19 of 24, so output row k is 8k + 34 (the border rows, which the filter
+    cuts short, are cropped away)."""
+    ramp = Image.fromarray(np.repeat((4 * np.arange(48, dtype=np.uint8))[:, None, None], 32, 1).repeat(3, 2))
+    out = levels(Preprocess(resolution=16, center_crop=True)(ramp, np.random.default_rng(0)))
+    assert out.shape == (3, 16, 16)
+    assert (out == (8 * np.arange(16) + 34)[None, :, None]).all()
+
+
+def test_random_crop_and_flip_cover_every_outcome():
+    """A 12x8 image at resolution 8: horizontal offsets 0..4, each with and without a mirror image."""
     preprocess = Preprocess(resolution=8, center_crop=False, random_flip=True)
     rng = np.random.default_rng(0)
     seen = set()
     for _ in range(200):
-        out = preprocess(img, rng)
-        matches = [key for key, tensor in candidates.items() if torch.allclose(out, tensor, atol=1e-6)]
-        assert len(matches) == 1
-        seen.add(matches[0])
-    assert seen == set(candidates)  # every offset and both flips happen
+        row = levels(preprocess(columns_image(12, 8, step=20), rng))[0, 0].tolist()
+        left, flipped = min(row) // 20, row[0] > row[-1]
+        assert row == [20 * (left + i) for i in range(8)][:: -1 if flipped else 1]
+        seen.add((left, flipped))
+    assert seen == {(left, flipped) for left in range(5) for flipped in (False, True)}
+    tall = {levels(preprocess(columns_image(8, 11), rng))[1, 0, 0] // 10 for _ in range(100)}
+    assert tall == {0, 1, 2, 3}  # vertical offsets 0..3
 
 
 def png_bytes(img: Image.Image, **kwargs) -> bytes:
@@ -174,10 +207,11 @@ def test_image_modes_become_rgb_with_transparency_on_white():
 def test_celeba_preset_crops_the_face_window_before_resizing():
     source = data.resolve_source("celeba", 1.0, DataConfig())
     assert (source.kind, source.location, source.crop_box) == ("hub", "nielsr/CelebA-faces", (25, 57, 153, 185))
-    img = noise_image(178, 218, seed=3)
-    got = Preprocess(resolution=16)(img, np.random.default_rng(0), CELEBA_FACE_BOX)
-    expected = tv_to_tensor_normalize(tv_center_crop(tv_resize(img.crop((25, 57, 153, 185)), 16), 16))
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    # A 178x218 photo whose 128x128 face window is red inside a black frame: the 16 px result is the window alone.
+    pixels = np.zeros((218, 178, 3), np.uint8)
+    pixels[57:185, 25:153] = (200, 0, 0)
+    got = Preprocess(resolution=16)(Image.fromarray(pixels), np.random.default_rng(0), CELEBA_FACE_BOX)
+    assert got.shape == (3, 16, 16) and (levels(got) == np.array([200, 0, 0])[:, None, None]).all()
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -308,8 +342,8 @@ def test_hub_id_offline_fails_fast_with_one_sentence():
 def test_hub_id_without_network_fails_in_seconds_without_trying_datasets(monkeypatch):
     import huggingface_hub.constants
 
-    monkeypatch.setattr(data, "_offline", lambda: False)
-    monkeypatch.setattr(data, "_behind_proxy", lambda: False)
+    monkeypatch.setattr(network, "is_offline", lambda: False)
+    monkeypatch.setattr(network, "behind_proxy", lambda: False)
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9
     monkeypatch.setattr(data.datasets, "load_dataset", lambda *a, **k: pytest.fail("datasets would retry for 24 s"))
     start = time.monotonic()
@@ -325,7 +359,24 @@ def test_hub_probe_sees_a_listening_endpoint(monkeypatch):
         server.bind(("127.0.0.1", 0))
         server.listen()
         monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
-        assert data.hub_reachable(timeout=2)
+        monkeypatch.setattr(network, "is_offline", lambda: False)
+        assert network.hub_reachable(timeout=2)
+        monkeypatch.setattr(network, "is_offline", lambda: True)  # offline mode: no probe, no connection
+        assert not network.hub_reachable(timeout=2)
+
+
+def test_symlink_loops_in_a_folder_list_each_image_once_and_end(tmp_path):
+    (tmp_path / "faces" / "sub").mkdir(parents=True)
+    for name in ("a.png", "sub/b.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "faces" / name)
+    (tmp_path / "faces" / "loop").symlink_to(".")  # one loop listed each image 41 times
+    (tmp_path / "faces" / "sub" / "up").symlink_to("..")  # two loops walked for ever
+    (tmp_path / "faces" / "same.png").symlink_to("a.png")
+    (tmp_path / "elsewhere").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "elsewhere" / "c.png")
+    (tmp_path / "faces" / "linked").symlink_to(tmp_path / "elsewhere")  # a linked folder outside is still read
+    files = data.list_image_files(str(tmp_path / "faces"))
+    assert sorted(Path(f).name for f in files) == ["a.png", "b.png", "c.png"]
 
 
 # ------------------------------------------------------------------------------------------------ distribution

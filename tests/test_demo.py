@@ -12,7 +12,9 @@ import ast
 import io
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -267,9 +269,9 @@ def test_page_streams_the_reverse_process_and_gives_the_sample_images(server, br
 @pytest.mark.slow
 def test_bad_values_get_a_message_and_the_app_keeps_serving(server, browser, reference):
     _open(browser, server)
-    _set(browser, seed=-5)  # out of the field's bounds: refused before the handler runs
+    _set(browser, seed=-5)  # out of the field's bounds: the server's check says what to enter
     browser.find_element(_by().ID, "generate").click()
-    _wait(browser, lambda: "less than minimum value 0" in _body(browser), "gradio's bound message")
+    _wait(browser, lambda: "The seed must be a whole number from 0" in _status(browser), "the bound's message")
 
     _set(browser, seed="")  # an empty field reaches our own server-side check
     browser.find_element(_by().ID, "generate").click()
@@ -446,3 +448,135 @@ def test_a_closed_page_stops_its_sampling(model_dir):
     while any(t.name == "anime-ddpm-demo-sampler" for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(t.name == "anime-ddpm-demo-sampler" for t in threading.enumerate())
+
+
+# ----------------------------------------------------------------------------------------------------- HTTP API
+def _require_gradio():
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        _require_browser_stack('gradio is missing: install it with pip install -e ".[demo]" (or run make test).')
+
+
+@pytest.fixture(scope="module")
+def api():
+    """`POST /gradio_api/call/generate` on a served demo of a tiny model trained with T = 20: (event, data) of the
+    call's last server-sent event."""
+    import json
+
+    _require_gradio()
+    torch.manual_seed(0)
+    pipe = AnimeDDPMPipeline(unet=build_unet("tiny", 8), scheduler=DDPMScheduler(num_train_timesteps=20))
+    app = demo_module.build_demo(pipe)
+    port = _free_port()
+    demo_module.launch(app, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    url = f"http://127.0.0.1:{port}/gradio_api/call/generate"
+
+    def call(*values):
+        body = json.dumps({"data": list(values)}).encode()
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            event_id = json.loads(response.read())["event_id"]
+        with urllib.request.urlopen(f"{url}/{event_id}", timeout=TIMEOUT) as response:
+            lines = response.read().decode().splitlines()
+        event = [line.split(":", 1)[1].strip() for line in lines if line.startswith("event:")][-1]
+        data = [line.split(":", 1)[1].strip() for line in lines if line.startswith("data:")][-1]
+        return event, json.loads(data)
+
+    yield call
+    app.close()
+
+
+def test_the_api_samples_the_whole_chain_the_demo_allows(api):
+    """The steps slider is built for dpm++ (T - 1 steps at most), but DDPM may take all T through the API too."""
+    event, data = api(1, 0, "ddpm", 20)
+    assert event == "complete" and data[2].startswith("Done"), data
+    event, data = api(1, 0, "dpm++", 20)
+    assert (event, data["error"]) == ("error", "dpm++ takes at most 19 steps with this model, got 20.")
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        (("x", 0, "ddim", 2), "The number of images must be a whole number from 1 to 16, got 'x'."),
+        ((2, "x", "ddim", 2), "The seed must be a whole number"),
+        ((2, 0, "ddim", None), "Enter a value for the number of steps"),
+        ((2, 0, "ddim", [1]), "The number of steps must be a whole number from 1 to 20, got [1]."),
+        ((2, 0, "nope", 2), "Unknown scheduler 'nope'"),
+        ((0, 0, "ddim", 2), "number of images must be a whole number from 1 to 16, got 0."),
+        ((2, -1, "ddim", 2), "The seed must be a whole number from 0"),
+    ],
+)
+def test_malformed_api_calls_get_one_sentence(api, values, message):
+    event, data = api(*values)
+    assert event == "error" and data["error"] and message in data["error"], data
+
+
+# ----------------------------------------------------------------------------------------------------- lifetime
+def test_a_port_that_is_taken_or_out_of_range_fails_before_the_model_loads(monkeypatch, capsys):
+    import argparse
+
+    _require_gradio()
+    parser = argparse.ArgumentParser(prog="anime-ddpm")
+    demo_module.add_parser(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["demo", "user/model", "--port", "70000"])
+    assert "expected a port number from 1 to 65535, got '70000'" in capsys.readouterr().err
+
+    monkeypatch.setattr(demo_module, "build_demo", lambda *a, **kw: pytest.fail("the model was loaded"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert demo_module.run(parser.parse_args(["demo", "user/model", "--port", str(port)])) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"Cannot listen on 127.0.0.1:{port}" in err and "--port" in err, err
+
+
+def _demo_folders(tmp: Path) -> list[Path]:
+    return sorted(tmp.glob("anime-ddpm-demo-*"))
+
+
+def _environment(tmp: Path) -> dict[str, str]:
+    tmp.mkdir(exist_ok=True)
+    return {**os.environ, "TMPDIR": str(tmp), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+
+
+def test_the_demo_files_go_when_the_process_ends(model_dir, tmp_path):
+    _require_gradio()
+    tmp = tmp_path / "tmp"
+    code = "import sys; from anime_ddpm.demo import build_demo; build_demo(sys.argv[1]); print('built')"
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(model_dir)],
+        env=_environment(tmp),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0 and "built" in result.stdout, result.stderr
+    assert _demo_folders(tmp) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl+C"])
+def test_the_demo_files_go_when_the_server_is_stopped(model_dir, tmp_path, stop):
+    _require_gradio()
+    tmp, port = tmp_path / "tmp", _free_port()
+    command = [sys.executable, "-m", "anime_ddpm.cli", "demo", str(model_dir), "--port", str(port)]
+    server = subprocess.Popen(command, env=_environment(tmp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, "the demo did not start"
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert len(_demo_folders(tmp)) == 1
+        server.send_signal(stop)
+        output = server.communicate(timeout=60)[0].decode()
+    finally:
+        server.kill()
+    assert "Traceback" not in output, output
+    assert _demo_folders(tmp) == []

@@ -121,8 +121,8 @@ def test_checkpoint_has_every_rank_and_the_pipeline_learns_its_variance(ddp_run)
 
     out, _, _ = ddp_run
     files = {p.name for p in (out / "checkpoint-4").iterdir()}
-    assert {"trainer_state_0.pt", "trainer_state_1.pt", "random_states_0.pkl", "random_states_1.pkl"} <= files
-    states = [torch.load(out / "checkpoint-4" / f"trainer_state_{r}.pt", weights_only=False) for r in range(2)]
+    assert {"rank_state_0.pt", "rank_state_1.pt", "random_states_0.pkl", "random_states_1.pkl"} <= files
+    states = [torch.load(out / "checkpoint-4" / f"rank_state_{r}.pt", weights_only=True) for r in range(2)]
     assert not torch.equal(states[0]["generator"], states[1]["generator"])  # different noise on each rank
     pipe = AnimeDDPMPipeline.from_pretrained(out)
     assert pipe.unet.config.out_channels == 6 and pipe.scheduler.config.variance_type == "learned_range"
@@ -130,7 +130,7 @@ def test_checkpoint_has_every_rank_and_the_pipeline_learns_its_variance(ddp_run)
 
 def test_a_killed_ddp_run_resumes_every_rank_where_it_was(ddp_runs):
     assert "Resuming from" in ddp_runs.b2.output
-    for name in ("checkpoint-4/model.safetensors", "unet/diffusion_pytorch_model.safetensors"):
+    for name in ("checkpoint-4/unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors"):
         a, b = load_file(ddp_runs.a / name), load_file(ddp_runs.b / name)
         assert all(torch.equal(a[key], b[key]) for key in a), name
     for rank in range(2):  # after the resume each rank continues with exactly the examples it would have seen

@@ -28,6 +28,8 @@ from anime_ddpm.conditioning import (
 )
 from anime_ddpm.models import unet_config
 
+from .oracle import STUB_UNET_CONFIG
+
 
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # the oracle's unused layers
 
@@ -50,13 +52,7 @@ class FiniteSetOracle(UNet2DModel):
 
     def __init__(self, images: list[torch.Tensor], alphas_cumprod: torch.Tensor, conditional: bool = True):
         super().__init__(
-            sample_size=SIZE,
-            block_out_channels=(4, 4),
-            layers_per_block=1,
-            norm_num_groups=2,
-            down_block_types=("DownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "UpBlock2D"),
-            num_class_embeds=len(images) + 1 if conditional else None,
+            sample_size=SIZE, num_class_embeds=len(images) + 1 if conditional else None, **STUB_UNET_CONFIG
         )
         self.sets = [x.double() for x in images] + [torch.cat(images).double()]
         self.abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
@@ -321,8 +317,10 @@ def test_training_with_condition_on_source(tmp_path):
 
 
 def test_build_model_for_domains(tmp_path):
+    from anime_ddpm.config import TrainingConfig
+    from anime_ddpm.errors import TrainingError
     from anime_ddpm.losses import make_noise_scheduler
-    from anime_ddpm.training import TrainingConfig, TrainingError, build_model
+    from anime_ddpm.state import build_model
 
     scheduler = make_noise_scheduler()
     cond = SourceConditioning(DOMAINS)

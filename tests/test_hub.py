@@ -24,8 +24,9 @@ import torch
 from diffusers import DDPMScheduler
 from huggingface_hub import ModelCard
 
-from anime_ddpm import AnimeDDPMPipeline, build_unet
+from anime_ddpm import AnimeDDPMPipeline, build_unet, viz
 from anime_ddpm import hub as hub_module
+from anime_ddpm.emoji import ATTRIBUTION as OPENMOJI_ATTRIBUTION
 from anime_ddpm.hub import HubError, TrainingInfo, files_to_upload, push_to_hub, render_model_card, save_for_hub
 
 from .hub_server import HubServer
@@ -106,7 +107,7 @@ def model_dir(tmp_path_factory):
     """A trainer-like output folder: the pipeline, card and grid from save_for_hub, plus checkpoints and logs."""
     folder = tmp_path_factory.mktemp("output") / "ddpm-tiny"
     pipe = tiny_pipeline()
-    grid = hub_module.make_grid([pipe(output_type="pil", num_inference_steps=2).images[0]] * 4)
+    grid = viz.make_grid([pipe(output_type="pil", num_inference_steps=2).images[0]] * 4)
     save_for_hub(pipe, folder, TrainingInfo.from_dict(INFO), grid)
     add_training_debris(folder)
     return folder
@@ -179,7 +180,8 @@ def test_model_card_metadata_and_sections():
 def test_model_card_licences_and_domains():
     emoji = ModelCard(render_model_card({"dataset": "emoji", "domains": ["smileys", "people"]}, sample_grid=None))
     assert emoji.data.license == "cc-by-sa-4.0" and not emoji.data.datasets
-    assert "CC BY-SA 4.0" in emoji.text and "All emojis designed by [OpenMoji]" in emoji.text
+    assert f'Attribution: "{OPENMOJI_ATTRIBUTION}"' in emoji.text  # the wording OpenMoji asks for
+    assert OPENMOJI_ATTRIBUTION not in render_model_card(INFO) and "cc-by-sa" not in render_model_card(INFO)
     assert "## Samples" not in emoji.text
     assert "domain=" in emoji.text and "smileys, people" in emoji.text
     assert "= DDPMPipeline.from_pretrained" not in emoji.text  # it cannot pass the domain label
@@ -187,6 +189,86 @@ def test_model_card_licences_and_domains():
 
     unknown = ModelCard(render_model_card(None))
     assert unknown.data.license == "other" and "not recorded" in unknown.text
+
+
+def test_model_card_reads_mixtures_as_the_trainer_does():
+    weighted = ModelCard(render_model_card({"dataset": "anime:3, celeba:1"}, sample_grid=None))
+    assert "| Data | anime (DrishtiSharma/Anime-Face-Dataset) 75%, celeba (nielsr/CelebA-faces) 25% |" in weighted.text
+    equal = render_model_card({"dataset": "emoji-smileys,emoji-people"}, sample_grid=None)
+    assert "| Data | emoji-smileys (OpenMoji) 50%, emoji-people (OpenMoji) 50% |" in equal
+
+    # What the trainer would refuse (a negative weight) still renders: the whole string as one unknown source.
+    bad = ModelCard(render_model_card({"dataset": "anime:-1,celeba:2"}, sample_grid=None))
+    assert "| Data | local images |" in bad.text and "%" not in bad.text.split("| Data |")[1].split("\n")[0]
+    assert not bad.data.datasets and bad.data.license == "other"
+
+
+@pytest.mark.parametrize(
+    "dataset, hub_id",
+    [("someone/faces", "someone/faces"), ("faces", None), ("a/b/c", None), ("someone/fa--ces", None)],
+)
+def test_model_card_links_only_valid_hub_dataset_ids(dataset, hub_id):
+    card = ModelCard(render_model_card({"dataset": dataset}, sample_grid=None))
+    assert card.data.datasets == ([hub_id] if hub_id else None)
+    if hub_id:
+        assert f"(https://huggingface.co/datasets/{hub_id})" in card.text
+    else:
+        assert "local image collection" in card.text
+
+
+def test_model_card_names_itself_without_a_repo_id(tmp_path):
+    unnamed = render_model_card(None)
+    assert "# anime-ddpm model\n" in unnamed and "![Samples from anime-ddpm model](samples.png)" in unnamed
+    assert "This model" not in unnamed
+
+    folder = save_for_hub(
+        tiny_pipeline(), tmp_path / "faces-32", {"dataset": "emoji"}, viz.make_grid(torch.ones(1, 3, 8, 8))
+    )
+    card = (folder / "README.md").read_text()
+    assert "# faces-32\n" in card and "![Samples from faces-32](samples.png)" in card
+    assert hub_module.REPO_ID_PLACEHOLDER in card  # the loading examples wait for the real id
+    named = save_for_hub(tiny_pipeline(), tmp_path / "other", {"repo_id": "alice/anime-64"})
+    assert "# anime-64\n" in (named / "README.md").read_text()
+
+
+def test_model_card_needs_no_package_from_an_index():
+    card = render_model_card(INFO, repo_id="alice/anime-64")
+    assert "pip install anime-ddpm" not in card and "pypi.org" not in card
+    assert "from its source" in card
+
+
+def python_blocks(card: str) -> list[str]:
+    return [block.split("\n", 1)[1] for block in card.split("```")[1::2] if block.startswith("python")]
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "laplace"])
+def test_model_card_code_loads_and_builds_the_clipping_sampler(tmp_path, beta_schedule):
+    """The card's code, run against a local copy: both loading routes work, and its DPM-Solver++ is the package's
+    "dpm++" (x_0 clipped to [-1, 1] through thresholding, the training betas)."""
+    from anime_ddpm.schedulers import scheduler_from
+
+    pipe = tiny_pipeline()
+    pipe.scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=beta_schedule)
+    folder = save_for_hub(pipe, tmp_path / "model", {"dataset": "emoji"}, repo_id=str(tmp_path / "model"))
+    blocks = python_blocks((folder / "README.md").read_text())
+    assert len(blocks) == 4  # diffusers with remote code, anime-ddpm, DPM-Solver++, DDPMPipeline
+    assert "thresholding=True, sample_max_value=1.0" in blocks[2]
+    no_sampling = ["\n".join(line for line in b.splitlines() if not line.startswith("image =")) for b in blocks]
+    remote: dict = {}
+    exec(no_sampling[0], remote)
+    assert (
+        type(remote["pipe"]).__name__ == "AnimeDDPMPipeline"
+        and type(remote["pipe"]).__module__ != "anime_ddpm.pipeline"
+    )
+    namespace: dict = {}
+    exec(no_sampling[1] + "\n" + no_sampling[2], namespace)
+    card_scheduler = namespace["pipe"].scheduler
+    expected = scheduler_from("dpm++", pipe.scheduler)
+    assert type(card_scheduler) is type(expected)
+    for key in ("thresholding", "sample_max_value", "algorithm_type", "solver_order", "prediction_type"):
+        assert card_scheduler.config[key] == expected.config[key], key
+    assert card_scheduler.config.thresholding and card_scheduler.config.sample_max_value == 1.0
+    torch.testing.assert_close(card_scheduler.alphas_cumprod, pipe.scheduler.alphas_cumprod)
 
 
 def test_template_ships_with_the_package():
@@ -206,21 +288,40 @@ def test_save_for_hub_and_upload_selection(model_dir):
     assert "| Resolution | 8x8 |" in card and "| Parameters |" in card and "| Noise schedule | linear |" in card
 
 
+def test_upload_selection_rules(tmp_path):
+    """Top-level files by name and images by suffix (any case), component folders at any depth; ignored names at any
+    depth win over both."""
+    index = {"_class_name": "AnimeDDPMPipeline", "unet": ["diffusers", "UNet2DModel"], "scheduler": ["x", "y"]}
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    for relative in [
+        "README.md", "Grid.PNG", "faces.jpeg", "notes.txt", "pipeline.py", "samples/step_100.png", "vae/config.json",
+        "unet/config.json", "unet/sub/extra.json", "scheduler/scheduler_config.json",
+        "unet/optimizer.pt", "unet/sub/checkpoint-3/w.bin", "unet/.DS_Store", "scheduler/__pycache__/x.pyc",
+        "unet/runs/events.out.tfevents.1", "model.ckpt", ".hidden.png", "unet/logs/x.json", "unet/scaler.pt",
+        "unet/logsbook/ok.json", "unet/my-checkpoint-1.json",
+    ]:  # fmt: skip
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"x")
+    assert files_to_upload(tmp_path) == [
+        "Grid.PNG",
+        "README.md",
+        "faces.jpeg",
+        "model_index.json",
+        "pipeline.py",
+        "scheduler/scheduler_config.json",
+        "unet/config.json",
+        "unet/logsbook/ok.json",
+        "unet/my-checkpoint-1.json",
+        "unet/sub/extra.json",
+    ]
+
+
 def test_save_pretrained_writes_self_contained_pipeline_py(tmp_path):
     tiny_pipeline().save_pretrained(tmp_path)
     source = (tmp_path / "pipeline.py").read_text()
     assert source == Path(hub_module.PIPELINE_SOURCE).read_text()
     imports = [line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))]
-    assert {name.split(".")[0] for name in imports} <= {
-        "__future__",
-        "inspect",
-        "os",
-        "shutil",
-        "collections",
-        "typing",
-        "torch",
-        "diffusers",
-    }
+    assert {name.split(".")[0] for name in imports} <= {*sys.stdlib_module_names, "__future__", "torch", "diffusers"}
 
 
 # --------------------------------------------------------------------------------------------------- failures
@@ -308,6 +409,31 @@ def test_push_completes_a_bare_repo_name_in_the_card(online, tmp_path):
     assert not card.data.datasets and "local image collection" in card.text and "/x/y" not in card.text
 
 
+def test_importing_hub_patches_nothing():
+    assert getattr(AnimeDDPMPipeline, "hub_push_function", None) is None
+
+
+def test_push_takes_only_the_repo_id_positionally(tmp_path):
+    with pytest.raises(TypeError, match="positional"):
+        push_to_hub(tmp_path, "alice/x", "a commit message")
+
+
+def test_pipeline_push_goes_through_hub_push_to_hub(monkeypatch):
+    """`pipe.push_to_hub(repo_id, **kwargs)` is `hub.push_to_hub(pipe, repo_id, **kwargs)`: card, grid, errors."""
+    calls = []
+    monkeypatch.setattr(hub_module, "push_to_hub", lambda *args, **kwargs: calls.append((args, kwargs)) or "url")
+    pipe = tiny_pipeline()
+    assert pipe.push_to_hub("alice/x", token=ALICE, private=True, num_samples=0) == "url"
+    assert calls == [((pipe, "alice/x"), {"token": ALICE, "private": True, "num_samples": 0})]
+
+
+def test_sample_grid_of_a_pipeline():
+    grid, caption = hub_module.make_sample_grid(tiny_pipeline(), num_images=4, seed=3, steps=2)
+    assert grid.size == (2 * (8 + 2) + 2, 2 * (8 + 2) + 2)  # viz.make_grid: 2 x 2 tiles, 2 px white padding
+    assert grid.getpixel((0, 0)) == (255, 255, 255)
+    assert caption == "4 samples, seeds 3-6, dpm++ sampler with 2 steps."
+
+
 def test_push_rejects_bad_repo_ids_and_folders(tmp_path):
     with pytest.raises(HubError, match="not a Hub repo id"):
         push_to_hub(tmp_path, "a/b/c", token=ALICE)
@@ -327,7 +453,7 @@ def test_push_then_load_three_ways_in_a_fresh_process(online, model_dir, tmp_pat
     caplog.set_level("DEBUG")
     urls = [push_to_hub(model_dir, "alice/tiny-folder", private=True), tiny_pipeline().push_to_hub("tiny-pipe")]
     with monkeypatch.context() as patch:
-        patch.setattr(AnimeDDPMPipeline, "hub_push_function", None)  # as for remote code: diffusers' push_to_hub
+        patch.setitem(sys.modules, "anime_ddpm.hub", None)  # as for remote code without the package: diffusers' own
         tiny_pipeline().push_to_hub("alice/tiny-diffusers")
     captured = capfd.readouterr()
     assert ALICE not in captured.out + captured.err + caplog.text

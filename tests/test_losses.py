@@ -122,6 +122,27 @@ def test_every_schedule_target_and_variance_trains(beta_schedule, prediction_typ
         assert output.vlb_bits_per_dim is None
 
 
+@pytest.mark.parametrize("beta_schedule", BETA_SCHEDULES)
+def test_every_schedule_samples_with_every_sampler_on_the_training_betas(beta_schedule):
+    """What training accepts, every sampler runs: schedules DPM-Solver & co. cannot build by name (sigmoid, laplace)
+    reach them as betas, and config values left at DDPMScheduler's defaults are not swapped for another class's."""
+    from anime_ddpm import AnimeDDPMPipeline, build_unet
+    from anime_ddpm.schedulers import SCHEDULERS, scheduler_from
+
+    scheduler = DDPMScheduler(num_train_timesteps=100, beta_schedule=beta_schedule)  # beta_start/end: defaults
+    abar = scheduler.alphas_cumprod
+    assert (abar.diff() < 0).all() and 0 < abar[-1] < abar[0] < 1
+    torch.manual_seed(0)
+    unet = build_unet("tiny", 8).eval()
+    for name in SCHEDULERS:
+        sampler = scheduler_from(name, scheduler)
+        torch.testing.assert_close(sampler.alphas_cumprod, abar, msg=name)
+        pipe = AnimeDDPMPipeline(unet=unet, scheduler=sampler)
+        pipe.set_progress_bar_config(disable=True)
+        images = pipe(num_inference_steps=3, output_type="pt", generator=torch.Generator().manual_seed(0)).images
+        assert images.shape == (1, 3, 8, 8) and torch.isfinite(images).all(), name
+
+
 def test_timesteps_are_uniform_on_zero_to_T():
     loss = DiffusionLoss(make_noise_scheduler(num_train_timesteps=10))
     t = loss.sample_timesteps(5000, torch.device("cpu"), torch.Generator().manual_seed(0))

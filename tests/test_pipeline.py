@@ -1,9 +1,16 @@
+import ast
+import json
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, PNDMScheduler
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline, PNDMScheduler
 
 from anime_ddpm import AnimeDDPMPipeline, DenoisingRecorder, build_unet, scheduler_from
+from anime_ddpm import pipeline as pipeline_module
+from anime_ddpm.pipeline import display_scale, evenly_spaced_steps
 from anime_ddpm.schedulers import SCHEDULERS
 
 from .oracle import GaussianOracleUNet
@@ -238,3 +245,105 @@ def test_loading_a_folder_that_is_not_a_pipeline(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ValueError, match="not a saved pipeline"):
         AnimeDDPMPipeline.from_pretrained(tmp_path)
+
+
+def test_guidance_scale_must_be_finite():
+    pipe = tiny_pipeline()
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0"):
+            pipe(num_inference_steps=1, guidance_scale=bad)
+
+
+# ----------------------------------------------------------------------------------------------------- helpers
+def test_evenly_spaced_steps_start_from_noise_and_end_at_the_sample():
+    assert evenly_spaced_steps(10, 4) == [0, 3, 6, 9]
+    assert evenly_spaced_steps(39, 8)[0] == 0 and evenly_spaced_steps(39, 8)[-1] == 38
+    assert len(evenly_spaced_steps(1000, 40)) == 40
+    assert evenly_spaced_steps(5, 1) == [4]
+    assert evenly_spaced_steps(5, 0) == evenly_spaced_steps(5, 9) == [0, 1, 2, 3, 4]
+    assert DenoisingRecorder(num_snapshots=4).wanted_steps(10) == {0, 3, 6, 9}
+    assert DenoisingRecorder(num_snapshots=0).wanted_steps(3) == {0, 1, 2}
+    with pytest.raises(ValueError, match="num_snapshots"):
+        DenoisingRecorder(num_snapshots=-1)
+
+
+def test_display_scale_undoes_the_sigma_space_of_euler_only():
+    pipe = tiny_pipeline()
+    euler = scheduler_from("euler", pipe.scheduler)
+    euler.set_timesteps(10)
+    sigma = float(euler.sigmas[3])
+    assert display_scale(euler, 2) == pytest.approx(1 / np.sqrt(1 + sigma**2))
+    assert display_scale(euler, 9) == 1.0  # after the last step sigma is 0
+    for name in ("ddpm", "dpm++"):  # variance-preserving latents: shown as they are
+        scheduler = scheduler_from(name, pipe.scheduler)
+        scheduler.set_timesteps(10)
+        assert display_scale(scheduler, 2) == 1.0
+
+
+# ----------------------------------------------------------------------------------------------------- loading
+def test_a_saved_folder_loads_three_ways_with_the_same_images(tmp_path):
+    """What a user types: our class; diffusers alone through the folder's pipeline.py; plain DDPMPipeline."""
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(tmp_path)
+    assert (tmp_path / "pipeline.py").read_bytes() == Path(pipeline_module.__file__).read_bytes()
+    assert json.loads((tmp_path / "model_index.json").read_text())["_class_name"] == "AnimeDDPMPipeline"
+    kwargs = dict(batch_size=2, num_inference_steps=4, output_type="np")
+    expected = pipe(generator=torch.Generator().manual_seed(1), **kwargs).images
+
+    ours = AnimeDDPMPipeline.from_pretrained(tmp_path)
+    remote = DiffusionPipeline.from_pretrained(tmp_path, custom_pipeline=str(tmp_path), trust_remote_code=True)
+    assert type(ours) is AnimeDDPMPipeline
+    assert type(remote).__name__ == "AnimeDDPMPipeline" and type(remote) is not AnimeDDPMPipeline
+    for loaded in (ours, remote):
+        loaded.set_progress_bar_config(disable=True)
+        np.testing.assert_array_equal(loaded(generator=torch.Generator().manual_seed(1), **kwargs).images, expected)
+    assert type(DDPMPipeline.from_pretrained(tmp_path)) is DDPMPipeline
+
+
+# ----------------------------------------------------------------------------------------------------- sharing
+@pytest.fixture
+def pushes(monkeypatch):
+    """Records which push_to_hub a pipeline's push_to_hub reaches: anime_ddpm.hub's or diffusers' own."""
+    import anime_ddpm.hub
+
+    calls = []
+    monkeypatch.setattr(anime_ddpm.hub, "push_to_hub", lambda pipe, repo_id, **kw: calls.append(("ours", kw)) or "u")
+    monkeypatch.setattr(DiffusionPipeline, "push_to_hub", lambda pipe, repo_id, **kw: calls.append(("diffusers", kw)))
+    return calls
+
+
+def test_push_to_hub_goes_through_the_package_when_installed(pushes):
+    assert tiny_pipeline().push_to_hub("alice/tiny", private=True) == "u"
+    assert pushes == [("ours", {"private": True})]
+    with pytest.raises(TypeError, match="pass them by keyword"):
+        tiny_pipeline().push_to_hub("alice/tiny", "a commit message")
+
+
+def test_push_to_hub_is_diffusers_own_without_the_package(pushes, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "anime_ddpm.hub", None)  # `from anime_ddpm.hub import ...` raises ImportError
+    tiny_pipeline().push_to_hub("alice/tiny", private=True)
+    assert pushes == [("diffusers", {"private": True})]
+    monkeypatch.undo()
+
+    # The saved pipeline.py running as remote code, beside the installed package: diffusers' push as well, since the
+    # package's push takes its own class.
+    tiny_pipeline().save_pretrained(tmp_path)
+    remote = DiffusionPipeline.from_pretrained(tmp_path, custom_pipeline=str(tmp_path), trust_remote_code=True)
+    pushes.clear()
+    import anime_ddpm.hub
+
+    monkeypatch.setattr(anime_ddpm.hub, "push_to_hub", lambda *a, **kw: pushes.append(("ours", kw)))
+    monkeypatch.setattr(DiffusionPipeline, "push_to_hub", lambda pipe, repo_id, **kw: pushes.append(("diffusers", kw)))
+    remote.push_to_hub("alice/tiny")
+    assert pushes == [("diffusers", {})]
+
+
+def test_pipeline_module_imports_nothing_else_from_the_package():
+    """pipeline.py is uploaded as every model's remote code: at module level it may import only diffusers & co."""
+    tree = ast.parse(Path(pipeline_module.__file__).read_text())
+    top_level = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    modules = [node.module or "" for node in top_level if isinstance(node, ast.ImportFrom)]
+    modules += [alias.name for node in top_level if isinstance(node, ast.Import) for alias in node.names]
+    assert not [m for m in modules if m.startswith("anime_ddpm")] and all(
+        node.level == 0 for node in top_level if isinstance(node, ast.ImportFrom)
+    )

@@ -15,15 +15,19 @@ import json
 import logging
 import math
 import types
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from anime_ddpm import training
-from anime_ddpm.training import TrainingConfig, TrainingError
+from anime_ddpm import checkpoint, config, run_log, state
+from anime_ddpm.config import TrainingConfig
+from anime_ddpm.errors import TrainingError
 from tests.test_training_runs import TINY, accelerate_launch, read_jsonl, start, wait_for
+from tests.train_with_hooks import parse_index_spec
+
+
+parse_args = config.parse_args
 
 
 RUN = [
@@ -78,7 +82,7 @@ def runs(tmp_path_factory):
     b2 = start([*RUN, "--output_dir", str(out.b), "--resume_from_checkpoint", "latest",
                 "--debug_kill_in_checkpoint", "8"], root / "b2.log").wait()  # fmt: skip
     out.b_after_crash = sorted(p.name for p in out.b.iterdir())
-    out.latest_after_crash = training.find_checkpoint(str(out.b), "latest")
+    out.latest_after_crash = checkpoint.find_resumable(str(out.b), "latest")[0]
     out.b2 = b2
     # B3: resumed again, to the end.
     out.b3 = start([*RUN, "--output_dir", str(out.b), "--resume_from_checkpoint", "latest"], root / "b3.log").wait()
@@ -104,20 +108,21 @@ def test_killed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(ru
     ok(runs.b3)
     assert "Resuming from" in runs.b3.output and "checkpoint-4" in runs.b3.output
 
-    for name in ("checkpoint-12/model.safetensors", "unet/diffusion_pytorch_model.safetensors"):
+    weights = "diffusion_pytorch_model.safetensors"
+    for name in (f"checkpoint-12/unet/{weights}", f"checkpoint-12/unet_ema/{weights}", f"unet/{weights}"):
         a, b = load_file(runs.a / name), load_file(runs.b / name)
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), (name, key)
     optim_a = torch.load(runs.a / "checkpoint-12/optimizer.bin", weights_only=True)
     optim_b = torch.load(runs.b / "checkpoint-12/optimizer.bin", weights_only=True)
-    for index, state in optim_a["state"].items():
-        for key, value in state.items():
+    for index, moments in optim_a["state"].items():
+        for key, value in moments.items():
             assert torch.equal(value, optim_b["state"][index][key]), (index, key)
-    for name in ("custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl"):  # EMA, LR schedule
-        ema_a = torch.load(runs.a / "checkpoint-12" / name, weights_only=False)
-        ema_b = torch.load(runs.b / "checkpoint-12" / name, weights_only=False)
-        assert str(ema_a) == str(ema_b)
+    manifest_a, manifest_b = (checkpoint.verify(run / "checkpoint-12") for run in (runs.a, runs.b))
+    assert manifest_a["ema"] == manifest_b["ema"] and manifest_a["ema"]["optimization_step"] == 12
+    assert manifest_a["lr_scheduler"] == manifest_b["lr_scheduler"]
+    assert manifest_a["run_id"] == manifest_b["run_id"]
 
 
 @slow
@@ -134,10 +139,15 @@ def test_checkpoints_are_named_and_rotated_like_diffusers(runs):
     ok(runs.run_a)
     assert sorted(p.name for p in runs.a.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-8"]
     files = {p.name for p in (runs.a / "checkpoint-12").iterdir()}
-    expected = {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "trainer_state_0.pt"}
-    assert expected | {"custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl"} <= files
-    state = torch.load(runs.a / "checkpoint-12/trainer_state_0.pt", weights_only=False)
-    assert state["step"] == 12 and {"data", "generator"} <= set(state)
+    assert files == {"unet", "unet_ema", "optimizer.bin", "random_states_0.pkl", "rank_state_0.pt", "checkpoint.json"}
+    rank_state = torch.load(runs.a / "checkpoint-12/rank_state_0.pt", weights_only=True)
+    assert rank_state["step"] == 12 and {"data", "generator"} <= set(rank_state)
+    manifest = checkpoint.verify(runs.a / "checkpoint-12")  # every file there, with its size and checksum
+    assert manifest["step"] == 12 and set(manifest["files"]) >= {"optimizer.bin", "unet_ema/config.json"}
+    # A checkpoint's UNets are plain diffusers models: sample from one without the trainer.
+    from diffusers import UNet2DModel
+
+    assert UNet2DModel.from_pretrained(runs.a / "checkpoint-12", subfolder="unet_ema").config.sample_size == 16
 
 
 # ============================================================================================ outputs
@@ -147,13 +157,13 @@ def test_final_pipeline_holds_the_ema_weights_and_samples(runs):
 
     ok(runs.run_a)
     pipe = AnimeDDPMPipeline.from_pretrained(runs.a)
-    ema = torch.load(runs.a / "checkpoint-12/custom_checkpoint_0.pkl", weights_only=False)
-    raw = load_file(runs.a / "checkpoint-12/model.safetensors")
-    params = list(pipe.unet.parameters())
-    assert len(params) == len(ema["shadow_params"])
-    for param, shadow in zip(params, ema["shadow_params"]):
-        assert torch.equal(param.detach(), shadow)
-    assert any(not torch.equal(p.detach(), raw[name]) for name, p in pipe.unet.named_parameters())
+    ema = load_file(runs.a / "checkpoint-12/unet_ema/diffusion_pytorch_model.safetensors")
+    raw = load_file(runs.a / "checkpoint-12/unet/diffusion_pytorch_model.safetensors")
+    params = dict(pipe.unet.named_parameters())
+    assert params.keys() <= ema.keys()
+    for name, param in params.items():
+        assert torch.equal(param.detach(), ema[name]), name
+    assert any(not torch.equal(p.detach(), raw[name]) for name, p in params.items())
     assert pipe.scheduler.config.num_train_timesteps == 1000
     image = pipe(batch_size=1, num_inference_steps=2, output_type="pt").images
     assert image.shape == (1, 3, 16, 16) and torch.isfinite(image).all()
@@ -217,9 +227,9 @@ def test_non_finite_steps_are_skipped_then_training_stops_with_the_checkpoint_in
     ), error
     # Batches 0-2 -> steps 1-3, batch 3 skipped, 4-7 -> steps 4-7, then NaN for ever: checkpoints 2, 4, 6.
     assert sorted(p.name for p in runs.nan.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
-    weights = load_file(runs.nan / "checkpoint-6/model.safetensors")
+    weights = load_file(runs.nan / "checkpoint-6/unet/diffusion_pytorch_model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
-    assert torch.load(runs.nan / "checkpoint-6/trainer_state_0.pt", weights_only=False)["step"] == 6
+    assert checkpoint.verify(runs.nan / "checkpoint-6")["step"] == 6
     assert not (runs.nan / "model_index.json").exists()
 
 
@@ -290,7 +300,7 @@ EXAMPLE_SWITCHES = ["--center_crop", "--random_flip", "--use_ema", "--push_to_hu
 def test_accepts_every_flag_of_diffusers_train_unconditional(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     argv = [part for flag, (value, _) in EXAMPLE_FLAGS.items() for part in (flag, value)] + EXAMPLE_SWITCHES
-    config = training.parse_args(argv)
+    config = parse_args(argv)
     for flag, (_, expected) in EXAMPLE_FLAGS.items():
         assert getattr(config, flag[2:]) == expected, flag
     for switch in EXAMPLE_SWITCHES:
@@ -299,26 +309,26 @@ def test_accepts_every_flag_of_diffusers_train_unconditional(monkeypatch):
 
 
 def test_defaults_and_negated_switches():
-    config = training.parse_args([])
+    config = parse_args([])
     assert (config.model, config.resolution, config.dataset_spec, config.mixed_precision) == ("small", 32, None, None)
     assert config.use_ema and config.center_crop and not config.random_flip
     assert config.resolved_output_dir() == "ddpm-emoji-32"
-    assert training.parse_args(["--dataset", "anime", "--resolution", "64"]).resolved_output_dir() == "ddpm-anime-64"
-    negated = training.parse_args(["--no-use_ema", "--no-center_crop"])
+    assert parse_args(["--dataset", "anime", "--resolution", "64"]).resolved_output_dir() == "ddpm-anime-64"
+    negated = parse_args(["--no-use_ema", "--no-center_crop"])
     assert not negated.use_ema and not negated.center_crop
     assert config.preview_steps() == 25
-    assert training.parse_args(["--sample_scheduler", "ddpm", "--ddpm_num_inference_steps", "100"]).preview_steps() == 100  # fmt: skip
+    assert parse_args(["--sample_scheduler", "ddpm", "--ddpm_num_inference_steps", "100"]).preview_steps() == 100  # fmt: skip
 
 
 def test_config_file_gives_defaults_and_flags_win(tmp_path):
     yaml_file = tmp_path / "recipe.yaml"
     yaml_file.write_text("model: tiny\nresolution: 16\nlearning_rate: 3e-4\nmax-train-steps: 7\nuse_ema: false\n")
-    config = training.parse_args(["--config", str(yaml_file), "--resolution", "8"])
+    config = parse_args(["--config", str(yaml_file), "--resolution", "8"])
     assert (config.model, config.resolution, config.learning_rate, config.max_train_steps) == ("tiny", 8, 3e-4, 7)
     assert config.use_ema is False
     json_file = tmp_path / "recipe.json"
     json_file.write_text(json.dumps({"train_batch_size": 8, "lr_scheduler": "linear"}))
-    config = training.parse_args(["--config", str(json_file)])
+    config = parse_args(["--config", str(json_file)])
     assert (config.train_batch_size, config.lr_scheduler) == (8, "linear")
 
 
@@ -334,7 +344,7 @@ def test_bad_config_files_are_one_sentence(tmp_path, content, message):
     path = tmp_path / "bad.yaml"
     path.write_text(content)
     with pytest.raises(TrainingError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        training.parse_args(["--config", str(path)])
+        parse_args(["--config", str(path)])
 
 
 @pytest.mark.parametrize(
@@ -345,6 +355,15 @@ def test_bad_config_files_are_one_sentence(tmp_path, content, message):
         ({"lr_scheduler": "sawtooth"}, "--lr_scheduler 'sawtooth' is not one of"),
         ({"sample_steps": 2000}, "exceeds the 1000 training steps"),
         ({"checkpoints_total_limit": 0}, "--checkpoints_total_limit must be at least 1"),
+        ({"learning_rate": math.nan}, "--learning_rate must be a number >= 0, got nan"),
+        ({"learning_rate": math.inf}, "--learning_rate must be a number >= 0, got inf"),
+        ({"adam_beta1": 2.0}, "--adam_beta1 must be a number in \\[0, 1\\], got 2.0"),
+        ({"adam_beta2": 1.0}, "must be below 1"),
+        ({"adam_epsilon": 0.0}, "--adam_epsilon must be a positive number"),
+        ({"ema_max_decay": math.nan}, "--ema_max_decay must be a number in"),
+        ({"snr_gamma": -math.inf}, "--snr_gamma must be a positive number"),
+        ({"max_grad_norm": math.nan}, "--max_grad_norm must be a number >= 0"),
+        ({"overwrite_output_dir": True, "resume_from_checkpoint": "latest"}, "give one"),
     ],
 )
 def test_validation_rejects_impossible_settings(changes, message):
@@ -353,31 +372,9 @@ def test_validation_rejects_impossible_settings(changes, message):
 
 
 # ============================================================================================ checkpoint helpers
-def test_latest_ignores_temporary_folders_and_sorts_numerically(tmp_path):
-    for name in ("checkpoint-9", "checkpoint-10", ".tmp-checkpoint-11", "checkpoint-x", "checkpoint-3"):
-        (tmp_path / name).mkdir()
-    (tmp_path / "checkpoint-12").write_text("a file, not a checkpoint")
-    assert [step for step, _ in training.list_checkpoints(str(tmp_path))] == [3, 9, 10]
-    assert training.find_checkpoint(str(tmp_path), "latest") == str(tmp_path / "checkpoint-10")
-    assert training.find_checkpoint(str(tmp_path / "empty"), "latest") is None
-    assert training.find_checkpoint(str(tmp_path), "checkpoint-9") == str(tmp_path / "checkpoint-9")
-    assert training.find_checkpoint("elsewhere", str(tmp_path / "checkpoint-3")) == str(tmp_path / "checkpoint-3")
-    with pytest.raises(TrainingError, match="No checkpoint folder"):
-        training.find_checkpoint(str(tmp_path), "checkpoint-4")
-
-
-def test_rotation_keeps_the_newest(tmp_path):
-    for step in (5, 10, 15, 20):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-    assert training.rotate_checkpoints(str(tmp_path), None) == []
-    removed = training.rotate_checkpoints(str(tmp_path), 2)
-    assert [Path(p).name for p in removed] == ["checkpoint-5", "checkpoint-10"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-15", "checkpoint-20"]
-
-
 def test_index_spec_for_the_nan_hook():
-    assert training.parse_index_spec("3,8-,10-12") == [(3, 3), (8, math.inf), (10, 12)]
-    assert training.parse_index_spec(None) == []
+    assert parse_index_spec("3,8-,10-12") == [(3, 3), (8, math.inf), (10, 12)]
+    assert parse_index_spec(None) == []
 
 
 class _FakeAccelerator:
@@ -409,19 +406,19 @@ class _Unsized:
     ],
 )
 def test_training_length_in_optimizer_steps(settings, num_examples, expected, monkeypatch):
-    monkeypatch.setattr(training, "logger", logging.getLogger("test"))  # no AcceleratorState here
-    config = TrainingConfig(train_batch_size=8, gradient_accumulation_steps=2, **settings)
-    assert training.training_length(config, _Stream(num_examples), _Unsized(), _FakeAccelerator()) == expected
+    monkeypatch.setattr(state, "logger", logging.getLogger("test"))  # no AcceleratorState here
+    settings = TrainingConfig(train_batch_size=8, gradient_accumulation_steps=2, **settings)
+    assert state.training_length(settings, _Stream(num_examples), _Unsized(), _FakeAccelerator()) == expected
 
 
 def test_epochs_of_a_stream_of_unknown_length_need_max_train_steps():
     with pytest.raises(TrainingError, match="give --max_train_steps"):
-        training.training_length(TrainingConfig(num_epochs=2), _Stream(), _Unsized(), _FakeAccelerator())
+        state.training_length(TrainingConfig(num_epochs=2), _Stream(), _Unsized(), _FakeAccelerator())
 
 
 def test_tracker_config_is_scalars_without_the_token():
-    values = training.tracker_config(TrainingConfig(hub_token="hf_secret"), extra=(1, 2))
-    assert "hub_token" not in values and "debug_dump_dir" not in values
+    values = run_log.tracker_config(TrainingConfig(hub_token="hf_secret"), extra=(1, 2))
+    assert "hub_token" not in values and "hf_secret" not in str(values)
     assert values["dataset"] == "None" and values["extra"] == "(1, 2)" and values["learning_rate"] == 1e-3
     assert all(isinstance(v, (int, float, str, bool)) for v in values.values())
 
@@ -454,4 +451,26 @@ def test_preview_samplers_clip_the_predicted_x0_like_ddpm():
 def test_default_precision_is_bf16_only_where_the_hardware_has_it(flag, launcher, cpu_flags, expected, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     environ = {"ACCELERATE_MIXED_PRECISION": launcher} if launcher else {}
-    assert training.resolve_mixed_precision(flag, environ, cpu_flags) == expected
+    assert state.resolve_mixed_precision(flag, environ, cpu_flags) == expected
+
+
+@pytest.mark.parametrize(
+    "environ, parent, expected",
+    [
+        ({"OMP_NUM_THREADS": "1", "ACCELERATE_MIXED_PRECISION": "no"}, "PATH=/bin\0HOME=/root\0", True),  # the default
+        (
+            {"OMP_NUM_THREADS": "1", "ACCELERATE_MIXED_PRECISION": "no"},
+            "PATH=/bin\0OMP_NUM_THREADS=1\0",
+            False,
+        ),  # chosen
+        (
+            {"OMP_NUM_THREADS": "4", "ACCELERATE_MIXED_PRECISION": "no"},
+            "PATH=/bin\0",
+            False,
+        ),  # --num_cpu_threads_per_process
+        ({"OMP_NUM_THREADS": "1"}, "PATH=/bin\0", False),  # not under accelerate launch: someone chose 1
+        ({"OMP_NUM_THREADS": "1", "ACCELERATE_MIXED_PRECISION": "no"}, None, False),  # cannot tell
+    ],
+)
+def test_only_accelerate_launchs_default_of_one_thread_is_replaced_by_all_cores(environ, parent, expected):
+    assert state._launcher_set_one_thread(environ, parent) is expected

@@ -13,6 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "train_with_accelerate.py")
+HOOKS_SCRIPT = str(ROOT / "tests" / "train_with_hooks.py")  # the same trainer with test hooks (--debug_* flags)
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 # A tiny UNet at 16 px: a step takes milliseconds, so a run is mostly the ~5-9 s of start-up.
 # fp32 unless a test says otherwise (the default is bf16 on CPUs that have it natively).
@@ -65,8 +66,10 @@ class Run:
 
 
 def start(args: list[str], log: Path, launcher: list[str] | None = None, **extra_env: str) -> Run:
-    """Start a training process in its own session (the test's signals never reach pytest)."""
-    command = (launcher or [sys.executable]) + [SCRIPT, *args]
+    """Start a training process in its own session (the test's signals never reach pytest); runs with a --debug_*
+    flag go through the test hooks' script."""
+    script = HOOKS_SCRIPT if any(arg.startswith("--debug_") for arg in args) else SCRIPT
+    command = (launcher or [sys.executable]) + [script, *args]
     handle = open(log, "w")  # noqa: SIM115 - closed by the child's exit
     process = subprocess.Popen(
         command, cwd=ROOT, env=env(**extra_env), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
@@ -87,6 +90,13 @@ def wait_for(path: Path, run: Run, timeout: float = 240) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{path} did not appear in {timeout} s")
         time.sleep(0.02)
+
+
+def read_summary(output_dir: Path) -> dict:
+    """The run's summary.json (steps, images, seconds, losses...)."""
+    import json
+
+    return json.loads((output_dir / "summary.json").read_text())
 
 
 def read_jsonl(path: Path) -> list[dict]:
