@@ -1,6 +1,6 @@
 """Wall-clock training budgets (`--max_train_time`): when to stop, and an LR schedule laid over the time.
 
-A step count is a poor unit on a shared machine (the same run may go 2x faster or slower from one hour to the
+A step count is a poor unit on a shared machine (the same run may go twice as fast or as slow from one hour to the
 next), so a time budget measures progress in seconds of the training loop: the warm-up still counts optimiser
 steps, and the rest of diffusers' schedule (cosine, linear, ...) is stretched over the remaining seconds. The
 clock is saved in checkpoints, so a resumed run with the same budget ends when an uninterrupted one would have.

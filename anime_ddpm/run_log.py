@@ -201,10 +201,24 @@ class RunLog:
         return summary
 
     def closing_line(self, summary: dict[str, Any]) -> str:
+        """What the run did, in the terms the README's measured runs are given in, and how to get further."""
         loss = summary["final_loss"]
-        return (
+        line = (
             f"Trained {summary['steps']} steps ({summary['images']:,} images, {summary['images_per_sec']:.0f} "
             f"images/s) in {format_duration(summary['seconds'])}, {precision_name(summary['mixed_precision'])} on "
             f"{summary['num_processes']} x {summary['device']} with {summary['cpu_threads']} CPU thread(s); final "
             f"loss {float('nan') if loss is None else loss:.4f}; pipeline and samples.png in {self.output_dir}"
         )
+        clock = self.state.clock
+        if clock.spent() and clock.budget_seconds is not None:  # the time budget ended it, not a step count
+            seconds = 2 * clock.budget_seconds
+            longer = f"{seconds / 60:g}m" if seconds >= 60 else f"{seconds:g}s"
+            faster = ""
+            if summary["device"] == "cpu":
+                faster = "; a GPU" + (" or a CPU with bf16" if summary["mixed_precision"] == "no" else "")
+                faster += " makes more steps in the same time"
+            line += (
+                f". The time budget ended the run: more time gives better samples (--resume_from_checkpoint latest "
+                f"--max_train_time {longer} continues from the last checkpoint{faster})."
+            )
+        return line

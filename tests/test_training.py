@@ -474,3 +474,15 @@ def test_default_precision_is_bf16_only_where_the_hardware_has_it(flag, launcher
 )
 def test_only_accelerate_launchs_default_of_one_thread_is_replaced_by_all_cores(environ, parent, expected):
     assert state._launcher_set_one_thread(environ, parent) is expected
+
+
+def test_the_non_finite_stop_names_the_last_good_checkpoint_or_says_there_is_none():
+    from anime_ddpm.training import nonfinite_error
+
+    none_yet = str(nonfinite_error(5, 1, None, None))
+    assert "no checkpoint was written" in none_yet and "is none" not in none_yet
+    assert "the last good checkpoint is out/checkpoint-500 " in str(
+        nonfinite_error(5, 510, "out/checkpoint-500", None)
+    )
+    resumed = nonfinite_error(5, 3, None, ("out/checkpoint-2", {}))  # nothing written since the resume
+    assert "the last good checkpoint is out/checkpoint-2 " in str(resumed) and resumed.exit_code == 1
