@@ -54,6 +54,7 @@ class DataOptions:
     random_flip: bool = option(False, "flip images horizontally at random")
     shuffle_buffer: int | None = option(None, "shuffle buffer of streamed datasets (0: no shuffling)")
     dataloader_num_workers: int = option(0, "data loading subprocesses per training process")
+    data_retry_minutes: float = option(30.0, "wait this long for a stream that lost the network, then stop with a checkpoint")  # fmt: skip
 
 
 @dataclass
@@ -145,7 +146,7 @@ GROUPS = {
 # What a checkpoint belongs to: a run resumes only with the same values (checkpoint.py compares them). Limits
 # (steps, time), checkpoints, previews, logging and the Hub may change between resumes.
 RUN_IDENTITY = (
-    *(f.name for f in dataclasses.fields(DataOptions) if f.name not in ("dataset_name", "cache_dir")),
+    *(f.name for f in dataclasses.fields(DataOptions) if f.name not in ("dataset_name", "cache_dir", "data_retry_minutes")),
     *(f.name for f in dataclasses.fields(ModelOptions) if f.name not in ("ddpm_num_inference_steps", "enable_xformers_memory_efficient_attention")),
     "train_batch_size",
     "gradient_accumulation_steps",
@@ -156,7 +157,7 @@ RUN_IDENTITY = (
 AT_LEAST_ONE = ("resolution", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "eval_batch_size",
                 "num_samples", "logging_steps", "ddpm_num_steps", "ddpm_num_inference_steps", "max_train_steps",
                 "num_epochs", "checkpoints_total_limit", "save_images_epochs", "save_model_epochs", "sample_steps")  # fmt: skip
-NOT_NEGATIVE = ("learning_rate", "lr_warmup_steps", "max_grad_norm", "adam_weight_decay", "dataloader_num_workers",
+NOT_NEGATIVE = ("data_retry_minutes", "learning_rate", "lr_warmup_steps", "max_grad_norm", "adam_weight_decay", "dataloader_num_workers",
                 "save_images_steps", "max_nonfinite_steps", "shuffle_buffer")  # fmt: skip
 POSITIVE = ("adam_epsilon", "ema_inv_gamma", "ema_power", "snr_gamma")
 UNIT_INTERVAL = ("ema_max_decay", "class_dropout_prob", "adam_beta1", "adam_beta2")

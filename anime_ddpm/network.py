@@ -7,6 +7,7 @@ all ask these questions here.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -71,3 +72,61 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT) -> bool:
     thread.start()
     thread.join(timeout + 0.5)
     return bool(result and result[0])
+
+
+# ============================================================================================= outages
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+TRANSIENT_CLASSES = frozenset({"TimeoutException", "NetworkError", "RemoteProtocolError", "ProxyError",
+                               "ClientConnectionError", "ServerDisconnectedError", "ServerTimeoutError"})  # fmt: skip
+# How a transient failure reads once a DataLoader worker has re-raised it in the main process (torch rebuilds the
+# exception from its text, or makes it a RuntimeError): the names of the errors below, and their messages.
+TRANSIENT_MARKERS = (
+    "ConnectError", "ConnectTimeout", "ReadTimeout", "ReadError", "WriteError", "RemoteProtocolError",
+    "NetworkError", "TimeoutException", "ConnectionError", "ConnectionResetError", "ConnectionRefusedError",
+    "Server Disconnected", "client has been closed", "Temporary failure in name resolution",
+    "503 Server Error", "502 Server Error", "504 Server Error", "500 Server Error", "429 Client Error",
+)  # fmt: skip
+
+
+def _chain(error: BaseException):
+    seen: set[int] = set()
+    stack = [error]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        stack += [current.__cause__, current.__context__]
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a failure of the data stream is the network's (refused, dropped, timed out, 5xx, 429), which waiting
+    may cure, rather than the data's or the code's."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    for current in _chain(error):
+        if isinstance(current, (ConnectionError, TimeoutError)):
+            return True
+        names = {cls.__name__ for cls in type(current).__mro__}
+        if names & TRANSIENT_CLASSES:  # httpx/httpx2 (what huggingface_hub retries itself), aiohttp, requests
+            return True
+        response = getattr(current, "response", None)  # HfHubHTTPError, httpx's HTTPStatusError
+        if isinstance(current, HfHubHTTPError) or "HTTPStatusError" in names:
+            if response is not None and getattr(response, "status_code", None) in TRANSIENT_STATUS:
+                return True
+        if isinstance(current, RuntimeError) and "client has been closed" in str(current):
+            return True  # huggingface_hub closes its shared client after a refused connection, under other threads
+    text = str(error)
+    return "DataLoader worker" in text and any(marker in text for marker in TRANSIENT_MARKERS)
+
+
+def set_stream_retries(seconds: float) -> None:
+    """Make `datasets` retry opening and reading streamed files in place for about `seconds` (it gives up after
+    about a minute and a half by default): a retried read keeps the stream's exact position, shuffle buffer
+    included."""
+    import datasets
+
+    for kind in ("READ", "OPEN"):
+        interval = getattr(datasets.config, f"STREAMING_{kind}_RETRY_INTERVAL")
+        setattr(datasets.config, f"STREAMING_{kind}_MAX_RETRIES", max(1, math.ceil(seconds / interval)))

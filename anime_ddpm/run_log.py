@@ -141,6 +141,10 @@ class RunLog:
             logs["vlb_bits_per_dim"] = sums["vlb"] / max(sums["micro"], 1)
         if state.ema is not None:
             logs["ema_decay"] = state.ema.cur_decay_value
+        for reason, count in self.skipped_files().items():
+            logs[f"skipped_files/{reason}"] = count
+        if state.batches.waited_seconds:
+            logs["data_wait_seconds"] = state.batches.waited_seconds
         accelerator.log(logs, step=state.step)
         if self.main:
             record = {"step": state.step, "elapsed": round(state.clock.elapsed(), 3), **logs}
@@ -184,6 +188,7 @@ class RunLog:
             "final_loss": self.last.get("loss"),
             "final_loss_simple": self.last.get("loss_simple"),
             "skipped_files": skipped,
+            "data_wait_seconds": round(state.batches.waited_seconds, 3),
             "mixed_precision": accelerator.mixed_precision,
             "num_processes": accelerator.num_processes,
             "device": str(accelerator.device),

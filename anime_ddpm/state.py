@@ -7,10 +7,13 @@ noise generator and the step count: `TrainingState.build` makes them from a conf
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
+import time
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,16 +27,17 @@ from diffusers import UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
-from . import losses
-from .budget import TimeBudgetLR, TrainingClock
+from . import losses, network
+from .budget import TimeBudgetLR, TrainingClock, format_duration
 from .conditioning import SourceConditioning, conditional_unet_config
 from .config import TrainingConfig
 from .data import DataConfig, TrainDataset, TrainLoader, build_dataloader, build_dataset
-from .errors import TrainingError
+from .errors import TrainingError, first_line
 from .models import build_unet
 
 
 logger = get_logger(__name__)
+rank_logger = logging.getLogger(__name__)  # what every process says for itself (its own data stream)
 
 ADAM_IMPLEMENTATIONS = ("fused", "foreach", "for-loop", "default")
 # Inductor's layout optimisation (it moves convolutions to channels-last) returns wrong UNet gradients on CPU,
@@ -283,14 +287,50 @@ def noise_generator(seed: int, rank: int, device: torch.device) -> torch.Generat
     return torch.Generator(device=device).manual_seed(mixed)
 
 
-class Batches:
-    """Endless batches: re-iterates the loader epoch after epoch (set_epoch first); its position is resumable."""
+class DataOutage(TrainingError):
+    """The training data has been unreachable for longer than --data_retry_minutes."""
 
-    def __init__(self, loader: TrainLoader, epoch: int = 0):
+    def __init__(self, message: str):
+        super().__init__(message, exit_code=1)
+
+
+class Batches:
+    """Endless batches: re-iterates the loader epoch after epoch (set_epoch first); its position is resumable.
+
+    A network failure of the stream (refused or dropped connections, timeouts, 5xx, 429) is waited out: the loader
+    is reopened, with backoff, at the position of the last batch handed out, for up to `retry_seconds` since that
+    batch; then `DataOutage`. The time spent waiting is counted in `waited_seconds`.
+    """
+
+    def __init__(self, loader: TrainLoader, epoch: int = 0, retry_seconds: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):  # fmt: skip
         self.loader, self.epoch, self._iterator = loader, epoch, None
+        self.retry_seconds, self._clock, self._sleep = retry_seconds, clock, sleep
+        self.waited_seconds = 0.0
+        self._delivered: dict[str, Any] | None = None  # the position after the last batch handed out
+        self._at_step: dict[str, Any] | None = None  # ... and after the last optimiser step (what checkpoints hold)
         self.loader.set_epoch(epoch)
 
     def __next__(self) -> dict[str, torch.Tensor]:
+        last_success, failures = self._clock(), 0
+        while True:
+            try:
+                batch = self._next_batch()
+            except Exception as error:
+                if isinstance(error, TrainingError) or not self.retry_seconds or not network.is_transient(error):
+                    raise
+                failures += 1
+                self._wait(error, self._clock() - last_success, failures)
+                self._reopen()
+                continue
+            if failures:
+                waited = self._clock() - last_success
+                self.waited_seconds += waited
+                rank_logger.warning(f"The training data is back after {format_duration(waited)}; training goes on from the same position.")  # fmt: skip
+            self._delivered = self.state_now()
+            return batch
+
+    def _next_batch(self) -> dict[str, torch.Tensor]:
         if self._iterator is None:
             self._iterator = iter(self.loader)
         try:
@@ -304,14 +344,45 @@ class Batches:
             except StopIteration:
                 raise TrainingError("The dataset yielded no images.", exit_code=1) from None
 
-    def state_dict(self) -> dict[str, Any]:
+    def _wait(self, error: BaseException, outage: float, failures: int) -> None:
+        reason = first_line(error, 160)
+        if outage >= self.retry_seconds:
+            raise DataOutage(f"The training data has been unreachable for {format_duration(outage)} ({reason})")
+        pause = min(60.0, 2.0 ** (failures - 1), self.retry_seconds - outage)
+        if failures == 1:
+            rank_logger.warning(
+                f"The training data stream failed ({reason}): waiting for it to come back, for up to "
+                f"{format_duration(self.retry_seconds)} (--data_retry_minutes)."
+            )
+        elif int(outage // 60) != int((outage + pause) // 60):  # about once a minute
+            rank_logger.warning(f"Still waiting for the training data ({reason}): {format_duration(outage + pause)} so far.")  # fmt: skip
+        self._sleep(pause)
+
+    def _reopen(self) -> None:
+        """A fresh iterator at the position of the last batch handed out (the epoch's start if none was)."""
+        if self._delivered is not None:
+            self.load_state_dict(self._delivered)
+        else:
+            self.loader.set_epoch(self.epoch)
+            self._iterator = None
+
+    def state_now(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "loader": self.loader.state_dict()}
+
+    def mark_step(self) -> None:
+        """An optimiser step ended: this is the position a checkpoint records."""
+        self._at_step = self._delivered
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position after the last optimiser step (mid-accumulation micro-batches are read again on resume)."""
+        return self._at_step if self._at_step is not None else self.state_now()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = state["epoch"]
         self.loader.set_epoch(self.epoch)
         self.loader.load_state_dict(state["loader"])
         self._iterator = None
+        self._delivered = self._at_step = state
 
 
 # ============================================================================================= the state
@@ -341,6 +412,8 @@ class TrainingState:
         # Data: each rank reads its own disjoint share (split by the data module, not by accelerator.prepare).
         dataset = build_dataset(DataConfig.from_options(config, dataset=config.dataset_spec), rank, world_size)
         loader = build_dataloader(dataset, config.train_batch_size, config.dataloader_num_workers)
+        retry_seconds = config.data_retry_minutes * 60
+        network.set_stream_retries(retry_seconds)  # reads and opens retried in place by datasets, first
         conditioning = None  # --condition_on_source on a mixture: class i = source i, the last class = null label
         if config.condition_on_source:
             try:
@@ -360,7 +433,8 @@ class TrainingState:
         ema = build_ema(config, accelerator.unwrap_model(model))
         if ema is not None:
             ema.to(accelerator.device)
-        return cls(config, accelerator, dataset, Batches(loader), conditioning, noise_scheduler, loss_fn, model, ema,
+        batches = Batches(loader, retry_seconds=retry_seconds)
+        return cls(config, accelerator, dataset, batches, conditioning, noise_scheduler, loss_fn, model, ema,
                    optimizer, lr_scheduler, clock, noise_generator(config.seed, rank, accelerator.device),
                    max_train_steps)  # fmt: skip
 
@@ -383,6 +457,7 @@ class TrainingState:
         if self.ema is not None:
             self.ema.step(self.unet.parameters())
         self.step += 1
+        self.batches.mark_step()
         if isinstance(self.lr_scheduler, TimeBudgetLR):
             self.lr_scheduler.step(self.step, elapsed)
         else:

@@ -13,8 +13,10 @@ makes runs reproducible; `--hub_private_repo` is honoured and checkpoints are ne
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, broadcast_object_list, set_seed
 from diffusers import UNet2DModel
 
 from . import checkpoint, hub, losses, rundir, viz
@@ -36,7 +38,7 @@ from .pipeline import AnimeDDPMPipeline
 from .run_log import RunLog, log_grid, precision_name
 from .sampling import generate
 from .schedulers import scheduler_from
-from .state import TrainingState, choose_cpu_threads, resolve_mixed_precision
+from .state import DataOutage, TrainingState, choose_cpu_threads, resolve_mixed_precision
 from .step import TrainStep
 
 
@@ -97,7 +99,10 @@ def train(config: TrainingConfig, callbacks: Callbacks | None = None) -> int:
         done = state.done(state.clock.elapsed())
         while not done:
             # -- one micro-batch: forward and backward; the optimiser acts on the last one of each window
-            batch = next(state.batches)
+            try:
+                batch = next(state.batches)
+            except DataOutage as outage:  # waited for the data as long as allowed: keep the work, say how to go on
+                raise stop_for_outage(outage, state, checkpoints, last_checkpoint) from None
             x0 = callbacks.on_micro_batch(micro_batches, batch["pixel_values"].to(accelerator.device, non_blocking=True))  # fmt: skip
             micro_batches += 1
             class_labels = None
@@ -157,7 +162,11 @@ def train(config: TrainingConfig, callbacks: Callbacks | None = None) -> int:
 
 # ============================================================================================= set-up and resume
 def make_accelerator(config: TrainingConfig, output_dir: str) -> Accelerator:
+    # A process waiting out a data outage (--data_retry_minutes) leaves the others waiting in a collective: they
+    # must not time out before it does.
+    patience = InitProcessGroupKwargs(timeout=datetime.timedelta(minutes=config.data_retry_minutes + 10))
     accelerator = Accelerator(
+        kwargs_handlers=[patience],
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=resolve_mixed_precision(config.mixed_precision),
         log_with=None if config.logger == "none" else config.logger,
@@ -210,6 +219,23 @@ def nonfinite_error(count: int, step: int, last_checkpoint: str | None, resume) 
         f"{where} (try a lower --learning_rate or --mixed_precision no).",
         exit_code=1,
     )
+
+
+def stop_for_outage(outage: DataOutage, state: TrainingState, checkpoints: Checkpointer,
+                    last_checkpoint: str | None) -> TrainingError:  # fmt: skip
+    """A checkpoint of the steps done (one process: the others of a multi-process run are blocked elsewhere and
+    cannot take part in writing one), and the sentence that says how to resume."""
+    if state.accelerator.num_processes == 1 and state.step and not (last_checkpoint or "").endswith(f"-{state.step}"):
+        last_checkpoint = checkpoints.save(state.step, *state.checkpoint_state(state.agreed_elapsed()))
+    flags, args = [], iter(sys.argv[1:])
+    for arg in args:
+        if arg == "--resume_from_checkpoint":
+            next(args, None)  # and its value
+        elif not arg.startswith("--resume_from_checkpoint="):
+            flags.append(arg)
+    command = shlex.join(["accelerate", "launch", os.path.basename(sys.argv[0]), *flags, "--resume_from_checkpoint", "latest"])  # fmt: skip
+    kept = f"the work is in {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
+    return TrainingError(f"{outage}, so training stopped; {kept}: once the data is back, resume with `{command}`.", exit_code=1)  # fmt: skip
 
 
 def check_push_possible(config: TrainingConfig) -> None:
