@@ -141,7 +141,11 @@ def find_resumable(output_dir: str, spec: str) -> tuple[str, dict[str, Any]] | N
             logger.warning(f"Skipping {path}: {reason}.")
             problems.append(f"{os.path.basename(path)}: {reason}")
     if checkpoints:
-        raise TrainingError(f"No checkpoint in {output_dir} can be resumed ({'; '.join(problems)}).", exit_code=1)
+        raise TrainingError(
+            f"No checkpoint in {output_dir} can be resumed ({'; '.join(problems)}): start over with "
+            "--overwrite_output_dir, or in another --output_dir.",
+            exit_code=1,
+        )
     return None
 
 
