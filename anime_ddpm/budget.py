@@ -41,7 +41,7 @@ def parse_duration(text: str | float | int) -> float:
 
 def format_duration(seconds: float) -> str:
     if seconds < 120:
-        return f"{seconds:g} s"
+        return f"{round(seconds, 1):g} s"
     if seconds < 7200:
         return f"{seconds / 60:g} min"
     return f"{seconds / 3600:g} h"

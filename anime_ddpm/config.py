@@ -123,7 +123,7 @@ class LoggingOptions:
 @dataclass
 class HubOptions:
     push_to_hub: bool = option(False, "push the final pipeline, card and samples (never checkpoints)")
-    hub_token: str | None = option(None, "Hub token; visible to other users in `ps`: prefer HF_TOKEN or `hf auth login`")  # fmt: skip
+    hub_token: str | None = option(None, "Hub token (push, private data); visible in `ps`: prefer HF_TOKEN or `hf auth login`")  # fmt: skip
     hub_model_id: str | None = option(None, "Hub repository (default: the name of --output_dir)")
     hub_private_repo: bool = option(False, "create the Hub repository as private")
 

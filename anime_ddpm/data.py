@@ -78,6 +78,7 @@ class DataConfig:
     streaming: bool | None = None  # None: stream Hub ids (local folders and emoji are always read lazily)
     shuffle_buffer: int = 1000  # 0: no shuffling at all
     seed: int = 0
+    token: str | None = None  # for private and gated Hub datasets; default: HF_TOKEN or the saved login
 
     @classmethod
     def from_options(cls, options: Any, **overrides: Any) -> DataConfig:
@@ -426,7 +427,10 @@ def _standardise(ds: IterableDataset, source: Source, index: int, config: DataCo
     ds = ds.cast_column("image", ImageFeature(decode=False))
     ds = ds.map(_tag_source, fn_kwargs={"source": index}, features=FEATURES)
     if config.shuffle_buffer > 0:
-        ds = ds.shuffle(seed=config.seed + index, buffer_size=config.shuffle_buffer)
+        # One shard at a time into the buffer (shards are still permuted every epoch): datasets 5.2 interleaves up
+        # to 10 by default, and a DataLoader worker then cannot resume, since `_iter_pytorch` loads the worker's
+        # saved state into the stream before splitting it between workers (IndexError in `load_state_dict`).
+        ds = ds.shuffle(seed=config.seed + index, buffer_size=config.shuffle_buffer, max_buffer_input_shards=1)
     return ds
 
 
@@ -436,6 +440,43 @@ def _no_hub_error(source: Source, reason: str) -> DataError:
         f"Cannot load the dataset {named} from the Hugging Face Hub ({reason}); "
         "train offline with `--dataset emoji` or a local image folder (`--train_data_dir DIR`)."
     )
+
+
+def _hub_access_error(source: Source, err: Exception, token: str | None = None) -> DataError | None:
+    """One sentence for a Hub dataset that is missing, private or gated (None for other failures).
+
+    `datasets` says only "doesn't exist on the Hub or cannot be accessed" or "is a gated dataset" and drops the
+    Hub's error (`raise ... from None`), so the Hub's access check tells which: 401/403 GatedRepo or RepoNotFound.
+    """
+    from datasets.exceptions import DatasetNotFoundError
+    from huggingface_hub import auth_check, constants, get_token
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if not isinstance(err, DatasetNotFoundError) or not network.is_repo_id(source.location):
+        return None
+    named = repr(source.location) if source.name == source.location else f"{source.name!r} ({source.location})"
+    page = f"{constants.ENDPOINT}/datasets/{source.location}"
+    try:
+        auth_check(source.location, repo_type="dataset", token=token)
+        return None  # readable after all: some other failure
+    except GatedRepoError as gated:
+        if gated.response is not None and gated.response.status_code == 403:
+            return DataError(
+                f"The dataset {named} is gated on the Hugging Face Hub and your token has not been granted access: ask for it at {page}."
+            )
+        return DataError(
+            f"The dataset {named} is gated on the Hugging Face Hub: accept its conditions at {page}, then log in (`hf auth login`) or set HF_TOKEN."
+        )
+    except RepositoryNotFoundError:
+        if token or get_token():
+            return DataError(
+                f"The dataset {named} is not on the Hugging Face Hub, or it is private and your token cannot read it: check the name and the token (HF_TOKEN or `hf auth login`)."
+            )
+        return DataError(
+            f"The dataset {named} is not on the Hugging Face Hub, or it is private: check the name, and for a private dataset log in (`hf auth login`) or set HF_TOKEN."
+        )
+    except Exception:  # the check itself failed (network): say what datasets said
+        return None
 
 
 def _load_hub(source: Source, config: DataConfig) -> IterableDataset:
@@ -451,10 +492,13 @@ def _load_hub(source: Source, config: DataConfig) -> IterableDataset:
             split=config.split,
             streaming=streaming,
             cache_dir=config.cache_dir,
+            token=config.token,
         )
     except Exception as err:
-        reason = "offline mode is on and it is not in the cache" if network.is_offline() else first_line(err)
-        raise _no_hub_error(source, reason) from err
+        if network.is_offline():
+            raise _no_hub_error(source, "offline mode is on and it is not in the cache") from err
+        error = _hub_access_error(source, err, config.token) or _no_hub_error(source, first_line(err).rstrip("."))
+        raise error from err
     if not streaming:
         return ds.to_iterable_dataset(num_shards=max(1, min(len(ds), MAX_SHARDS_IN_MEMORY)))
     return _reshard(ds)

@@ -7,10 +7,12 @@ all ask these questions here.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
 import threading
+import time
 from urllib.parse import urlparse
 
 
@@ -130,3 +132,43 @@ def set_stream_retries(seconds: float) -> None:
     for kind in ("READ", "OPEN"):
         interval = getattr(datasets.config, f"STREAMING_{kind}_RETRY_INTERVAL")
         setattr(datasets.config, f"STREAMING_{kind}_MAX_RETRIES", max(1, math.ceil(seconds / interval)))
+
+
+class RetryLogFilter(logging.Filter):
+    """Collapses the retry warnings of huggingface_hub and datasets (one per request and per retry: thousands in a
+    long outage) to one line when an outage starts and one a minute while it lasts."""
+
+    PATTERNS = ("thrown while requesting", "Retrying in", "Got disconnected from remote data host",
+                "Failed to connect to remote data host", "HTTP Error 5", "HTTP Error 429", "Rate limited")  # fmt: skip
+
+    def __init__(self, clock=time.monotonic, every: float = 60.0):
+        super().__init__()
+        self.clock, self.every = clock, every
+        self.started: float | None = None  # when the current outage's first retry was logged
+        self.last_said = self.last_seen = -float("inf")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not any(pattern in message for pattern in self.PATTERNS):
+            return True
+        now = self.clock()
+        if self.started is None or now - self.last_seen > self.every:  # a new outage
+            self.started, self.last_said = now, now
+            record.msg, record.args = f"The data host does not answer ({message}); retrying.", None
+            self.last_seen = now
+            return True
+        self.last_seen = now
+        if now - self.last_said >= self.every:
+            self.last_said = now
+            record.msg, record.args = f"Still retrying the data host: {now - self.started:.0f} s so far ({message}).", None  # fmt: skip
+            return True
+        return False
+
+
+def quiet_retry_warnings() -> None:
+    """Install RetryLogFilter on the loggers that report retries (once per process)."""
+    retry_filter = RetryLogFilter()
+    for name in ("huggingface_hub.utils._http", "datasets.utils.file_utils"):
+        target = logging.getLogger(name)
+        if not any(isinstance(f, RetryLogFilter) for f in target.filters):
+            target.addFilter(retry_filter)

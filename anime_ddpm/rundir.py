@@ -111,7 +111,9 @@ class RunDirectory:
         path = os.path.join(self.output_dir, LOCK_FILE)
         handle = open(path, "a+")  # noqa: SIM115 - held open for the run
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A POSIX record lock, not flock: forked DataLoader workers do not inherit it, so a killed run's
+            # orphaned workers cannot keep its folder locked.
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"

@@ -410,7 +410,9 @@ class TrainingState:
     def build(cls, config: TrainingConfig, accelerator: Accelerator) -> TrainingState:
         rank, world_size = accelerator.process_index, accelerator.num_processes
         # Data: each rank reads its own disjoint share (split by the data module, not by accelerator.prepare).
-        dataset = build_dataset(DataConfig.from_options(config, dataset=config.dataset_spec), rank, world_size)
+        dataset = build_dataset(
+            DataConfig.from_options(config, dataset=config.dataset_spec, token=config.hub_token), rank, world_size
+        )
         loader = build_dataloader(dataset, config.train_batch_size, config.dataloader_num_workers)
         retry_seconds = config.data_retry_minutes * 60
         network.set_stream_retries(retry_seconds)  # reads and opens retried in place by datasets, first

@@ -28,7 +28,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, broadcast_object_list, set_seed
 from diffusers import UNet2DModel
 
-from . import checkpoint, hub, losses, rundir, viz
+from . import checkpoint, hub, losses, network, rundir, viz
 from .checkpoint import Checkpointer
 from .conditioning import domain_grid
 from .config import TrainingConfig, parse_args
@@ -178,7 +178,11 @@ def make_accelerator(config: TrainingConfig, output_dir: str) -> Accelerator:
         raise TrainingError("fp16 mixed precision needs a GPU (on a CPU Accelerate would silently train in fp32): use --mixed_precision bf16 or no.")  # fmt: skip
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     for name in QUIET_LIBRARIES:  # httpx logs every Hub request at INFO
-        logging.getLogger(name).setLevel(logging.WARNING if accelerator.is_main_process else logging.ERROR)
+        library = logging.getLogger(name)
+        library.setLevel(logging.WARNING if accelerator.is_main_process else logging.ERROR)
+        library.handlers.clear()  # their own handlers would print each line a second time, unformatted
+        library.propagate = True
+    network.quiet_retry_warnings()
     return accelerator
 
 

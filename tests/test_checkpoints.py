@@ -12,7 +12,11 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
+import subprocess
+import sys
+import time
 import types
 from pathlib import Path
 
@@ -140,13 +144,20 @@ def test_a_folder_holding_a_run_is_refused_to_a_new_run_and_cleared_only_on_requ
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my-notes.txt"]
 
 
+def claim_in_another_process(folder: Path) -> subprocess.CompletedProcess:
+    code = "import sys; from anime_ddpm import rundir; rundir.RunDirectory(sys.argv[1]).__enter__()"
+    return subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=120)
+
+
 def test_two_runs_never_write_to_one_folder_at_once(tmp_path):
     with rundir.RunDirectory(str(tmp_path / "run")):
-        with pytest.raises(TrainingError, match=r"Another training run \(pid \d+ on .*\) is writing to"):
-            with rundir.RunDirectory(str(tmp_path / "run")):
-                pass
-    with rundir.RunDirectory(str(tmp_path / "run")):  # free again once the first run ended
-        pass
+        other = claim_in_another_process(tmp_path / "run")
+        assert other.returncode != 0
+        assert re.search(r"Another training run \(pid \d+ on .*\) is writing to", other.stderr), other.stderr
+        if os.fork() == 0:  # a forked child (a DataLoader worker) does not inherit the lock...
+            time.sleep(3)
+            os._exit(0)
+    assert claim_in_another_process(tmp_path / "run").returncode == 0  # ...so the run's end frees the folder at once
 
 
 def test_a_run_that_fails_before_writing_anything_leaves_no_empty_folder(tmp_path):

@@ -150,3 +150,27 @@ def test_datasets_retries_streamed_reads_in_place_for_the_budget():
         assert datasets.config.STREAMING_READ_MAX_RETRIES * interval >= 30 * 60
     finally:
         datasets.config.STREAMING_READ_MAX_RETRIES, datasets.config.STREAMING_OPEN_MAX_RETRIES = before
+
+
+def test_retry_warnings_of_an_outage_are_one_line_then_one_a_minute():
+    import logging
+
+    time = FakeTime()
+    retry_filter = network.RetryLogFilter(clock=time.clock)
+
+    def said(message: str) -> str | None:
+        record = logging.LogRecord("huggingface_hub.utils._http", logging.WARNING, __file__, 1, message, None, None)
+        return record.getMessage() if retry_filter.filter(record) else None
+
+    lines = []
+    for second in range(0, 150, 2):  # an outage of 150 s: a retry line every 2 s
+        time.now = second
+        lines.append(said("'[Errno 111] Connection refused' thrown while requesting GET http://hub/x"))
+        lines.append(said("Retrying in 2s [Retry 2/5]."))
+    shown = [line for line in lines if line]
+    assert len(shown) == 3  # at the start, at 60 s, at 120 s
+    assert shown[0].startswith("The data host does not answer ('[Errno 111] Connection refused'")
+    assert shown[1].startswith("Still retrying the data host: 60 s so far")
+    assert said("Something else entirely.") == "Something else entirely."
+    time.now = 1000  # a new outage later is announced again
+    assert said("Retrying in 1s [Retry 1/5].").startswith("The data host does not answer")
