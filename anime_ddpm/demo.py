@@ -45,7 +45,9 @@ logger = logging.getLogger(__name__)
 SCHEDULER_CHOICES = ("ddpm", "ddim", "dpm++", "euler", "unipc")
 DEFAULT_SCHEDULER = "dpm++"
 UNCONDITIONAL = "any (unconditional)"
-INSTALL_HINT = 'The demo needs gradio: install it with pip install "anime-ddpm[demo]".'
+INSTALL_HINT = (
+    'The demo needs gradio: install it with `pip install -e ".[demo]"` in the anime-ddpm clone (or `make setup`).'
+)
 GRADIO_VERSION = "6.31.0"  # the version the demo is tested with; also the Space's sdk_version when gradio is absent
 BATCH_SIZE = 16  # `anime-ddpm sample`'s default --batch-size: the same batches give bit-identical images
 # No web fonts: the page must render the same offline (and in tests, where Google Fonts is unreachable).
@@ -505,8 +507,15 @@ on your own machine, and the same seed and settings give the same grid as `anime
 """
 
 
+# What the demo's part of the package imports, for a Space that carries the package instead of installing it.
+SPACE_REQUIREMENTS = ("diffusers", "huggingface_hub", "safetensors", "pillow", "numpy")
+
+
 def export_space(model_id: str, out_dir: str | os.PathLike, package: str | None = None) -> Path:
-    """Writes a Hugging Face Space (app.py, requirements.txt, README.md) that serves the demo for a Hub model."""
+    """Writes a Hugging Face Space (app.py, requirements.txt, README.md) that serves the demo for a Hub model.
+
+    With `package` (a pip requirement, e.g. a git URL) the Space installs anime-ddpm; without, it carries a copy of
+    the package next to app.py."""
     # A namespace too: the Space's README names the model as namespace/name, and a bare name reads like a folder.
     if "/" not in model_id or not is_repo_id(model_id) or os.path.isdir(model_id):
         raise DemoError(
@@ -519,19 +528,20 @@ def export_space(model_id: str, out_dir: str | os.PathLike, package: str | None 
         sdk_version = gradio.__version__
     except ImportError:
         sdk_version = GRADIO_VERSION
-    if package is None:
-        from . import __version__
-
-        package = f"anime-ddpm=={__version__}"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if package is None:  # no index has anime-ddpm: the Space carries the package itself, next to app.py
+        vendored = out / "anime_ddpm"
+        shutil.rmtree(vendored, ignore_errors=True)
+        shutil.copytree(Path(__file__).parent, vendored, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        requirements = SPACE_REQUIREMENTS
+    else:
+        requirements = [package]
     (out / "app.py").write_text(APP_TEMPLATE.format(model_id=model_id))
     (out / "requirements.txt").write_text(
         "# CPU torch: a free Space has no GPU, and the CPU wheels are a tenth of the size.\n"
         "--extra-index-url https://download.pytorch.org/whl/cpu\n"
-        "torch\n"
-        f"{package}\n"
-        f"gradio=={sdk_version}\n"
+        "torch\n" + "".join(f"{line}\n" for line in requirements) + f"gradio=={sdk_version}\n"
     )
     title = model_id.split("/")[-1]
     (out / "README.md").write_text(README_TEMPLATE.format(title=title, model_id=model_id, sdk_version=sdk_version))
@@ -592,7 +602,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--package",
         default=None,
-        help="the anime-ddpm requirement the Space installs (default: anime-ddpm==this version; a git URL works too)",
+        help="a pip requirement for anime-ddpm, e.g. 'anime-ddpm @ git+https://...' (default: the Space carries a copy of the package)",
     )
     parser.set_defaults(handler=run)
     return parser

@@ -46,7 +46,7 @@ def previous_run(output_dir: str) -> str | None:
     if names:
         return names[0] if len(names) == 1 else f"{len(names)} checkpoints ({names[0]} to {names[-1]})"
     if os.path.isfile(os.path.join(output_dir, "model_index.json")):
-        return "a trained pipeline"
+        return "trained pipeline"
     return None
 
 

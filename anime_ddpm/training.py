@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -147,6 +146,10 @@ def train(config: TrainingConfig, callbacks: Callbacks | None = None) -> int:
 
         # ---------------------------------------------------------------- final save (the EMA weights when EMA is on)
         accelerator.wait_for_everyone()
+        if state.step and not os.path.isdir(os.path.join(output_dir, f"checkpoint-{state.step}")):
+            checkpoints.save(
+                state.step, *state.checkpoint_state(state.agreed_elapsed())
+            )  # a finished run goes on exactly
         final_unet = copy_weights(UNet2DModel.from_config(state.unet.config), state)
         callbacks.on_train_end(state, final_unet)
         summary = run_log.finish("completed")
@@ -196,6 +199,8 @@ def find_resume(config: TrainingConfig, accelerator: Accelerator, output_dir: st
             found = None
             if config.resume_from_checkpoint:
                 found = checkpoint.find_resumable(output_dir, config.resume_from_checkpoint)
+                if found is None and rundir.previous_run(output_dir):  # a finished run of an older version
+                    raise TrainingError(f"{output_dir} holds a trained pipeline but no checkpoint to resume: start over with --overwrite_output_dir, or choose another --output_dir.")  # fmt: skip
                 if found is None:
                     logger.info(f"No checkpoint in {output_dir} yet: starting a new training run.")
             if found is not None:
@@ -231,15 +236,8 @@ def stop_for_outage(outage: DataOutage, state: TrainingState, checkpoints: Check
     cannot take part in writing one), and the sentence that says how to resume."""
     if state.accelerator.num_processes == 1 and state.step and not (last_checkpoint or "").endswith(f"-{state.step}"):
         last_checkpoint = checkpoints.save(state.step, *state.checkpoint_state(state.agreed_elapsed()))
-    flags, args = [], iter(sys.argv[1:])
-    for arg in args:
-        if arg == "--resume_from_checkpoint":
-            next(args, None)  # and its value
-        elif not arg.startswith("--resume_from_checkpoint="):
-            flags.append(arg)
-    command = shlex.join(["accelerate", "launch", os.path.basename(sys.argv[0]), *flags, "--resume_from_checkpoint", "latest"])  # fmt: skip
     kept = f"the work is in {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
-    return TrainingError(f"{outage}, so training stopped; {kept}: once the data is back, resume with `{command}`.", exit_code=1)  # fmt: skip
+    return TrainingError(f"{outage}, so training stopped; {kept}: once the data is back, run the same command again with --resume_from_checkpoint latest.", exit_code=1)  # fmt: skip
 
 
 def check_push_possible(config: TrainingConfig) -> None:

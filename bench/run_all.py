@@ -62,7 +62,7 @@ def run(name: str, command: list[str]) -> tuple[str, float, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run of every benchmark")
-    parser.add_argument("--skip", default="", help="comma-separated: train, sampling, data")
+    parser.add_argument("--skip", default="", help="comma-separated: train, sampling, data, hub-data")
     parser.add_argument("--threads", type=int, help="torch threads for the training and sampling benchmarks")
     parser.add_argument("--train-args", default="", help="extra arguments for bench_train.py (one string)")
     parser.add_argument("--sampling-args", default="", help="extra arguments for bench_sampling.py (one string)")
@@ -124,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
             text, seconds, rc = run("bench_data.py", command)
             failed += bool(rc)
             sections.append(("Data loading (bench/bench_data.py)", text, seconds))
+        if "hub-data" not in skip:
+            command = [python, str(BENCH / "bench_hub_data.py"), *(["--quick"] if args.quick else [])]
+            text, seconds, rc = run("bench_hub_data.py", command)
+            failed += bool(rc)
+            sections.append(("Streaming from the Hub look-alike vs local parquet (bench/bench_hub_data.py)", text, seconds))  # fmt: skip
 
     print("# anime-ddpm benchmarks\n")
     print(f"Machine: {machine_line(args.threads)}.\n")

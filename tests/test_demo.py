@@ -392,6 +392,21 @@ def test_export_space_writes_a_space_that_runs_the_same_app(tmp_path):
         export_space(str(tmp_path), tmp_path / "other")
 
 
+def test_an_exported_space_carries_the_package_when_no_index_has_it(tmp_path):
+    import subprocess
+    import sys
+
+    out = export_space("someone/ddpm-anime-64", tmp_path / "space")
+    requirements = (out / "requirements.txt").read_text().splitlines()
+    assert not any(line.startswith("anime-ddpm") for line in requirements) and "diffusers" in requirements
+    assert (out / "anime_ddpm" / "demo.py").is_file() and (out / "anime_ddpm" / "model_card.md").is_file()
+    assert not list(out.rglob("__pycache__"))
+    code = "import sys; sys.path.insert(0, '.'); import anime_ddpm.demo as demo; print(demo.__file__)"
+    found = subprocess.run([sys.executable, "-c", code], cwd=out, capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == str(out / "anime_ddpm" / "demo.py")  # app.py's import finds the copy
+
+
 def test_command_line(monkeypatch, tmp_path, capsys, model_dir):
     import argparse
 
@@ -407,7 +422,7 @@ def test_command_line(monkeypatch, tmp_path, capsys, model_dir):
     args = parser.parse_args(["demo", str(model_dir), "--port", "7999"])
     assert args.handler(args) == 1
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and 'pip install "anime-ddpm[demo]"' in err
+    assert err.count("\n") == 0 and 'pip install -e ".[demo]"' in err
 
 
 def test_domain_models_get_domain_and_guidance_controls():

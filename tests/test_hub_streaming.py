@@ -206,7 +206,7 @@ def runs(hub):
         ended["b1"] = launched.pop("b1").wait()
         launch("b2", train_args("anime", root / "b", RESUME_STEPS, *resume, "--resume_from_checkpoint", "latest"))
         ended["b2"] = launched.pop("b2").wait()
-        launch("b3", [*train_args("anime", root / "b", RESUME_STEPS, *resume, "--resume_from_checkpoint", "latest"),
+        launch("b3", [*train_args("anime", root / "b", RESUME_STEPS, *resume, "--resume_from_checkpoint", "checkpoint-18"),
                       "--debug_dump_dir", str(root / "b3-dump")])  # fmt: skip
 
     def resumes_s():
@@ -477,9 +477,8 @@ def test_an_outage_longer_than_the_hubs_own_retries_is_waited_out_with_the_same_
     assert step_hashes(runs.root / "o_short-dump") == step_hashes(runs.root / "o_none-dump")
     log = runs.o_short.output
     assert log.count("The data host does not answer") == 1 and "Connection re" in log  # refused or reset
-    assert (
-        log.count("Still retrying the data host") <= 1 and "thrown while requesting" not in log
-    )  # one line, not dozens
+    assert log.count("Still retrying the data host") <= 1  # one line a minute, not one per request and retry
+    assert log.count("thrown while requesting") <= 2 and log.count("Retrying in") <= 2
 
 
 def test_an_outage_past_the_retry_budget_ends_with_a_checkpoint_then_resumes_as_if_nothing_happened(runs):
@@ -488,7 +487,10 @@ def test_an_outage_past_the_retry_budget_ends_with_a_checkpoint_then_resumes_as_
     errors = [line for line in stopped.output.splitlines() if line.startswith("train_with_accelerate: error:")]
     assert len(errors) == 1 and "Traceback" not in stopped.output, stopped.output[-3000:]
     assert "The training data has been unreachable for" in errors[0]
-    assert "the work is in" in errors[0] and "--resume_from_checkpoint latest`." in errors[0]
+    assert (
+        "the work is in" in errors[0]
+        and "run the same command again with --resume_from_checkpoint latest." in errors[0]
+    )
     succeeded(runs.o_long_resumed)
     assert "Resuming from" in runs.o_long_resumed.output
     assert same_weights(runs.root / "o_none", runs.root / "o_long")
