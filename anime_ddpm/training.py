@@ -146,10 +146,8 @@ def train(config: TrainingConfig, callbacks: Callbacks | None = None) -> int:
 
         # ---------------------------------------------------------------- final save (the EMA weights when EMA is on)
         accelerator.wait_for_everyone()
-        if state.step and not os.path.isdir(os.path.join(output_dir, f"checkpoint-{state.step}")):
-            checkpoints.save(
-                state.step, *state.checkpoint_state(state.agreed_elapsed())
-            )  # a finished run goes on exactly
+        if state.step and not os.path.isdir(os.path.join(output_dir, f"checkpoint-{state.step}")):  # to go on exactly
+            checkpoints.save(state.step, *state.checkpoint_state(state.agreed_elapsed()))
         final_unet = copy_weights(UNet2DModel.from_config(state.unet.config), state)
         callbacks.on_train_end(state, final_unet)
         summary = run_log.finish("completed")

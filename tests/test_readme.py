@@ -251,8 +251,9 @@ def parse_launcher_flags(words: list[str], where: str) -> None:
 
 def make_train_recipe() -> list[str]:
     """What `make train` runs with the Makefile's defaults, as words."""
-    result = subprocess.run(["make", "-n", "-o", ".venv/.installed", "train"], cwd=ROOT, capture_output=True,
-                            text=True, check=True)  # fmt: skip
+    # --no-print-directory: under `make test` (MAKELEVEL set) make would add "Entering directory" lines
+    result = subprocess.run(["make", "-n", "--no-print-directory", "-o", ".venv/.installed", "train"], cwd=ROOT,
+                            capture_output=True, text=True, check=True)  # fmt: skip
     words = shlex.split(result.stdout.replace("\\\n", " "))
     return [w.replace(str(VENV / "bin") + "/", "").replace(".venv/bin/", "") for w in words]
 
