@@ -12,7 +12,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -205,24 +204,14 @@ def _at_least(flag: str, value: int, low: int, meaning: str = "") -> int:
     return value
 
 
-def _can_create_files_in(folder: Path) -> bool:
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            return True
-    except OSError:
-        return False
-
-
 def check_folder(path: str | Path, flag: str, given: str | None = None) -> None:
     """Fail now, not after all the sampling, when `path` cannot be (or become) a folder we can write into; the
     sentence names the `given` value of `flag` (default: `path`)."""
-    existing = Path(path)
-    while not os.path.exists(existing) and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise CLIError(f"Cannot write {flag} {given or path}: {existing} is a file, not a folder.")
-    if not _can_create_files_in(existing):
-        raise CLIError(f"Cannot write {flag} {given or path}: the folder {existing} does not accept new files.")
+    from .paths import why_not_writable
+
+    reason = why_not_writable(path)
+    if reason:
+        raise CLIError(f"Cannot write {flag} {given or path}: {reason}.")
 
 
 def check_output_file(path: str, flag: str, image: bool = True, animated: bool = False) -> None:

@@ -13,10 +13,10 @@ import logging
 import os
 import shutil
 import socket
-from pathlib import Path
 
 from . import checkpoint
 from .errors import TrainingError
+from .paths import why_not_writable
 
 
 logger = logging.getLogger(__name__)
@@ -29,15 +29,9 @@ RUN_OUTPUTS = ("samples", "unet", "scheduler", "model_index.json", "pipeline.py"
 
 def check_writable(output_dir: str) -> None:
     """One sentence, before any work, when output_dir cannot be the run's folder."""
-    path = Path(output_dir)
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is None:
-        return
-    if not existing.is_dir():
-        where = "is a file" if existing == path else f"lies under the file {existing}"
-        raise TrainingError(f"--output_dir {output_dir} {where}: choose a folder.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise TrainingError(f"--output_dir {output_dir}: you cannot write to {existing}; choose a folder you own.")
+    reason = why_not_writable(output_dir)
+    if reason:
+        raise TrainingError(f"--output_dir {output_dir} cannot be the run's folder: {reason}; choose another.")
 
 
 def previous_run(output_dir: str) -> str | None:
