@@ -98,9 +98,12 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, sync: bool = False) -> str:
+    """The file's SHA-256; `sync` first flushes it to disk (through the same handle)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
+        if sync:
+            os.fsync(f.fileno())
         while chunk := f.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -192,9 +195,8 @@ def write_manifest(folder: str, step: int, identity: dict[str, Any], num_process
     files = {}
     for path in sorted(Path(folder).rglob("*")):
         if path.is_file() and path.name != MANIFEST:
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-            files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+            digest = _sha256(path, sync=True)
+            files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": digest}
     manifest = {"format": FORMAT, "step": step, "num_processes": num_processes, "run_id": run_id(identity),
                 "run": identity, "time": time.time(), **shared, "files": files}  # fmt: skip
     with open(os.path.join(folder, MANIFEST), "w") as f:

@@ -132,8 +132,11 @@ class RunLog:
 
     def _log_window(self) -> None:
         state, accelerator = self.state, self.accelerator
-        totals = accelerator.reduce(torch.stack(list(self.window.values())), reduction="sum").tolist()
+        # One all-reduce for the window's sums and the skipped-file counts (cumulative per process).
+        skips = torch.tensor([state.dataset.skipped.get(r, 0) for r in SKIP_REASONS], device=accelerator.device)
+        totals = accelerator.reduce(torch.cat([torch.stack(list(self.window.values())), skips.float()]), reduction="sum").tolist()  # fmt: skip
         sums = dict(zip(self.window, totals))
+        skipped = {reason: int(n) for reason, n in zip(SKIP_REASONS, totals[len(self.window) :]) if n}
         seconds = time.perf_counter() - self.window_start - self.paused_seconds
         logs = window_logs(sums, seconds, state.lr_scheduler.get_last_lr()[0], accelerator.num_processes)
         logs["epoch"] = state.batches.epoch
@@ -141,7 +144,7 @@ class RunLog:
             logs["vlb_bits_per_dim"] = sums["vlb"] / max(sums["micro"], 1)
         if state.ema is not None:
             logs["ema_decay"] = state.ema.cur_decay_value
-        for reason, count in self.skipped_files().items():
+        for reason, count in skipped.items():
             logs[f"skipped_files/{reason}"] = count
         if state.batches.waited_seconds:
             logs["data_wait_seconds"] = state.batches.waited_seconds
