@@ -205,7 +205,7 @@ class RunLog:
             Path(self.output_dir, SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
             if skipped:
                 reasons = ", ".join(f"{n} {reason}" for reason, n in skipped.items())
-                logger.warning(f"Skipped {sum(skipped.values())} unusable images: {reasons}.")
+                logger.warning(f"Skipped an unusable image {sum(skipped.values())} times ({reasons}); every pass over the data meets the same files again.")  # fmt: skip
         return summary
 
     def closing_line(self, summary: dict[str, Any]) -> str:

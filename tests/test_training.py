@@ -18,12 +18,13 @@ import types
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from anime_ddpm import checkpoint, config, run_log, state
 from anime_ddpm.config import TrainingConfig
 from anime_ddpm.errors import TrainingError
-from tests.test_training_runs import TINY, accelerate_launch, read_jsonl, start, wait_for
+from tests.test_training_runs import TINY, accelerate_launch, read_jsonl, read_summary, start, wait_for
 from tests.train_with_hooks import parse_index_spec
 
 
@@ -72,6 +73,17 @@ def runs(tmp_path_factory):
                       "--push_to_hub", "--hub_token", "hf_secret_token", "--hub_model_id", "me/ddpm"],
                      root / "push.log", HF_ENDPOINT="http://127.0.0.1:9")  # fmt: skip
 
+    # Skip: a folder with unusable files among its images.
+    faces = root / "faces"
+    faces.mkdir()
+    for i in range(8):
+        Image.new("RGB", (16, 16), (30 * i, 80, 160)).save(faces / f"{i}.png")
+    (faces / "empty.png").write_bytes(b"")
+    (faces / "notes.jpg").write_text("not an image")
+    (faces / "cut.png").write_bytes((faces / "0.png").read_bytes()[:60])
+    out.skip = root / "skip"
+    run_skip = start([*TINY, "--train_data_dir", str(faces), "--train_batch_size", "4", "--max_train_steps", "6",
+                      "--logging_steps", "3", "--logger", "none", "--output_dir", str(out.skip)], root / "skip.log")  # fmt: skip
     # B1: killed from outside, mid-training, once checkpoint-4 is complete.
     b1 = start([*RUN, "--output_dir", str(out.b), "--debug_step_sleep", "0.4"], root / "b1.log")
     wait_for(out.b / "checkpoint-4", b1)
@@ -88,6 +100,7 @@ def runs(tmp_path_factory):
     out.b3 = start([*RUN, "--output_dir", str(out.b), "--resume_from_checkpoint", "latest"], root / "b3.log").wait()
 
     out.run_a, out.run_nan, out.run_fp16, out.run_push = run_a.wait(), run_nan.wait(), run_fp16.wait(), run_push.wait()
+    out.run_skip = run_skip.wait()
     out.dump_a = read_jsonl(dump_a / "rank0.jsonl") if (dump_a / "rank0.jsonl").exists() else []
     return out
 
@@ -486,3 +499,14 @@ def test_the_non_finite_stop_names_the_last_good_checkpoint_or_says_there_is_non
     )
     resumed = nonfinite_error(5, 3, None, ("out/checkpoint-2", {}))  # nothing written since the resume
     assert "the last good checkpoint is out/checkpoint-2 " in str(resumed) and resumed.exit_code == 1
+
+
+@slow
+def test_unusable_files_are_counted_by_reason_in_the_summary_the_metrics_and_the_log(runs):
+    ok(runs.run_skip)
+    # 6 steps of 4 = 3 passes over the 8 good images; each pass meets the 3 bad files again
+    expected = {"empty": 3, "not an image": 3, "truncated": 3}
+    assert read_summary(runs.skip)["skipped_files"] == expected
+    last = read_jsonl(runs.skip / "metrics.jsonl")[-1]
+    assert {k: v for k, v in last.items() if k.startswith("skipped_files/")} == {f"skipped_files/{r}": n for r, n in expected.items()}  # fmt: skip
+    assert "Skipped an unusable image 9 times (3 empty, 3 not an image, 3 truncated)" in runs.run_skip.output
