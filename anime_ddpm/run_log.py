@@ -78,6 +78,31 @@ def window_logs(sums: dict[str, float], seconds: float, lr: float, num_processes
     }
 
 
+def keep_metrics_until(output_dir: str, step: int) -> int:
+    """Drop the lines of metrics.jsonl past `step` (a killed run's steps that the resumed or new run will redo), so
+    that the file is one timeline; returns how many went. Rewritten atomically."""
+    path = os.path.join(output_dir, METRICS_FILE)
+    try:
+        lines = Path(path).read_text().splitlines(keepends=True)
+    except FileNotFoundError:
+        return 0
+
+    def kept(line: str) -> bool:
+        try:
+            return json.loads(line)["step"] <= step
+        except (ValueError, KeyError, TypeError):
+            return False  # a line cut short by the kill
+
+    keep = [line for line in lines if kept(line)]
+    if len(keep) == len(lines):
+        return 0
+    temporary = path + ".tmp"
+    with open(temporary, "w") as f:
+        f.writelines(keep)
+    os.replace(temporary, path)
+    return len(lines) - len(keep)
+
+
 class RunLog:
     """The logging window (device sums, reduced over processes every `logging_steps`), the progress bar, and the
     files in output_dir. Time spent on checkpoints and previews (`paused()`) is left out of images/s."""
@@ -105,11 +130,16 @@ class RunLog:
         total_batch = config.train_batch_size * world_size * config.gradient_accumulation_steps
         if self.main:
             Path(self.output_dir, "training_config.json").write_text(json.dumps(tracker_config(config), indent=2))
+            dropped = keep_metrics_until(self.output_dir, state.step)
+            if dropped:
+                logger.info(f"{METRICS_FILE}: dropped {dropped} line(s) past step {state.step}, from a run that stopped before saving a checkpoint there.")  # fmt: skip
+        # TensorBoard hides what an earlier, interrupted timeline logged at this step and after (purge_step).
         accelerator.init_trackers(
             TRACKER_PROJECT,
             config=tracker_config(config, max_train_steps_resolved=state.max_train_steps, num_processes=world_size,
                                   total_batch_size=total_batch, num_parameters=state.unet.num_parameters(),
                                   mixed_precision_resolved=accelerator.mixed_precision),
+            init_kwargs={"tensorboard": {"purge_step": state.step + 1}},
         )  # fmt: skip
         limits = [f"{state.max_train_steps} optimiser steps"] if state.max_train_steps is not None else []
         if state.clock.budget_seconds is not None:

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 LOCK_FILE = ".anime-ddpm.lock"
 # What a run writes at the top of its folder: removed by --overwrite_output_dir, nothing else is.
 RUN_OUTPUTS = ("samples", "unet", "scheduler", "model_index.json", "pipeline.py", "README.md", "samples.png",
-               "training_config.json", "metrics.jsonl", "summary.json")  # fmt: skip
+               "training_config.json", "metrics.jsonl", "summary.json", "logs")  # fmt: skip
 
 
 def check_writable(output_dir: str) -> None:

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from anime_ddpm import checkpoint, rundir
 from anime_ddpm.checkpoint import Checkpointer, InvalidCheckpoint
 from anime_ddpm.errors import TrainingError
-from tests.test_training_runs import TINY, start
+from tests.test_training_runs import TINY, start, wait_for
 
 
 RUN = {"model": "tiny", "seed": 0, "train_batch_size": 4, "num_processes": 1}
@@ -290,3 +290,36 @@ def test_the_planted_pickle_would_run_without_weights_only(tmp_path):
     assert (tmp_path / "ran").exists()
     with pytest.raises(InvalidCheckpoint):
         checkpoint.read_manifest(tmp_path)
+
+
+def tensorboard_steps(logs: Path, tag: str = "loss") -> list[int]:
+    """The steps TensorBoard shows for a scalar, after its reader applied the runs' purge events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # The shallowest folder: the scalars; the hyper-parameters go to one subfolder per run.
+    run_dir = min({path.parent for path in logs.rglob("events.out.tfevents.*")}, key=lambda path: len(path.parts))
+    accumulator = EventAccumulator(str(run_dir), purge_orphaned_data=True)
+    accumulator.Reload()
+    return [event.step for event in accumulator.Scalars(tag)]
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_its_checkpoint_resumes_into_one_timeline_of_metrics(tmp_path):
+    # Killed (SIGKILL) at step 8, after checkpoint-5: steps 6-8 were logged and will be trained again.
+    args = [*TINY, "--train_batch_size", "4", "--checkpointing_steps", "5", "--save_images_steps", "0",
+            "--logging_steps", "1", "--logger", "tensorboard", "--max_train_steps", "10", "--output_dir", str(tmp_path)]  # fmt: skip
+    killed = start([*args, "--debug_step_sleep", "0.5"], tmp_path.parent / "killed.log")
+    wait_for(tmp_path / "checkpoint-5" / "checkpoint.json", killed)
+    deadline = time.monotonic() + 60
+    while (not (tmp_path / "metrics.jsonl").exists() or '"step": 8,' not in (tmp_path / "metrics.jsonl").read_text()) and time.monotonic() < deadline:  # fmt: skip
+        time.sleep(0.05)
+    os.killpg(killed.process.pid, 9)
+    killed.wait()
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][-1] >= 8
+
+    resumed = start([*args, "--resume_from_checkpoint", "latest"], tmp_path.parent / "resumed.log").wait()
+    assert resumed.returncode == 0, resumed.output[-3000:]
+    assert "dropped" in resumed.output and "past step 5" in resumed.output
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))
+    assert tensorboard_steps(tmp_path / "logs") == list(range(1, 11))
