@@ -15,4 +15,4 @@ from anime_ddpm.training import main
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(script=True))

@@ -43,8 +43,8 @@ def format_duration(seconds: float) -> str:
     if seconds < 120:
         return f"{round(seconds, 1):g} s"
     if seconds < 7200:
-        return f"{seconds / 60:g} min"
-    return f"{seconds / 3600:g} h"
+        return f"{round(seconds / 60, 1):g} min"
+    return f"{round(seconds / 3600, 1):g} h"
 
 
 class TrainingClock:

@@ -52,6 +52,7 @@ class DataOptions:
     resolution: int = option(32, "square training size: short side resized to it, then cropped")
     center_crop: bool = option(True, "centre crop after resizing (--no-center_crop: random crop)")
     random_flip: bool = option(False, "flip images horizontally at random")
+    jpeg_draft: bool = option(True, "decode JPEGs twice the needed size or more at 1/2-1/8 scale (--no-jpeg_draft: exact)")  # fmt: skip
     shuffle_buffer: int | None = option(None, "shuffle buffer of streamed datasets (0: no shuffling)")
     dataloader_num_workers: int = option(0, "data loading subprocesses per training process")
     data_retry_minutes: float = option(30.0, "wait this long for a stream that lost the network, then stop with a checkpoint")  # fmt: skip

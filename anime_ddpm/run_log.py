@@ -115,6 +115,7 @@ class RunLog:
         self.last: dict[str, float] = {}
         self.images_seen = 0.0
         self.started = time.perf_counter()
+        self.first_step = state.step  # > 0 when resumed: this process trains the steps after it
         self.progress = tqdm(total=state.max_train_steps, initial=state.step, desc="steps", dynamic_ncols=True,
                              disable=not accelerator.is_local_main_process)  # fmt: skip
 
@@ -214,6 +215,7 @@ class RunLog:
         summary = {
             "status": status,
             "steps": state.step,
+            "resumed_from_step": self.first_step,
             "epochs": state.batches.epoch,
             "images": int(self.images_seen),
             "seconds": round(seconds, 3),
@@ -241,8 +243,10 @@ class RunLog:
     def closing_line(self, summary: dict[str, Any]) -> str:
         """What the run did, in the terms the README's measured runs are given in, and how to get further."""
         loss = summary["final_loss"]
+        steps, first = summary["steps"], summary["resumed_from_step"]
+        done = f"{steps} steps" if not first else f"{steps - first} steps, from step {first} (resumed) to {steps}"
         line = (
-            f"Trained {summary['steps']} steps ({summary['images']:,} images, {summary['images_per_sec']:.0f} "
+            f"Trained {done} ({summary['images']:,} images, {summary['images_per_sec']:.0f} "
             f"images/s) in {format_duration(summary['seconds'])}, {precision_name(summary['mixed_precision'])} on "
             f"{summary['num_processes']} x {summary['device']} with {summary['cpu_threads']} CPU thread(s); final "
             f"loss {float('nan') if loss is None else loss:.4f}; pipeline and samples.png in {self.output_dir}"

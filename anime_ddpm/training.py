@@ -234,8 +234,10 @@ def stop_for_outage(outage: DataOutage, state: TrainingState, checkpoints: Check
     cannot take part in writing one), and the sentence that says how to resume."""
     if state.accelerator.num_processes == 1 and state.step and not (last_checkpoint or "").endswith(f"-{state.step}"):
         last_checkpoint = checkpoints.save(state.step, *state.checkpoint_state(state.agreed_elapsed()))
+    for tracker in state.accelerator.trackers:  # flushed now: the process ends without interpreter shutdown
+        tracker.finish()
     kept = f"the work is in {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
-    return TrainingError(f"{outage}, so training stopped; {kept}: once the data is back, run the same command again with --resume_from_checkpoint latest.", exit_code=1)  # fmt: skip
+    return TrainingError(f"{outage}, so training stopped; {kept}: once the data is back, run the same command again with --resume_from_checkpoint latest.", exit_code=1, threads_stuck=True)  # fmt: skip
 
 
 def check_push_possible(config: TrainingConfig) -> None:
@@ -365,10 +367,19 @@ def card_info(config: TrainingConfig, summary: dict[str, Any], state: TrainingSt
     return {k: v for k, v in info.items() if v is not None}
 
 
-def main(argv: Sequence[str] | None = None, callbacks: Callbacks | None = None) -> int:
-    """Entry point of train_with_accelerate.py: parse, train, turn known errors into one line and an exit code."""
+def main(argv: Sequence[str] | None = None, callbacks: Callbacks | None = None, script: bool = False) -> int:
+    """Entry point of train_with_accelerate.py: parse, train, turn known errors into one line and an exit code.
+
+    `script`: this is the whole process, so after an outage (threads stuck in the network) it ends at once with the
+    exit code, the outputs flushed and the checkpoint already written, rather than through interpreter shutdown."""
     try:
         return train(parse_args(argv), callbacks)
     except (TrainingError, DataError) as error:
         print(f"train_with_accelerate: error: {error}", file=sys.stderr)
-        return getattr(error, "exit_code", 2)
+        code = getattr(error, "exit_code", 2)
+        if script and getattr(error, "threads_stuck", False):
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code

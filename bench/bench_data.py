@@ -5,7 +5,10 @@ Measures, in one run on this machine:
   64 px, with 0 and 2 DataLoader workers, for synthetic anime-like JPEGs in a folder, CelebA-sized JPEGs in parquet
   and the embedded emoji set; the 2-worker folder pass also with a plain `torch.utils.data.DataLoader`, to show
   what `StatefulDataLoader` (resumable) costs;
-- the images/s that training consumes: fp32 train steps of `build_unet("small", 32)` with AdamW at batch 32.
+- the images/s that training consumes: fp32 train steps of `build_unet("small", 32)` with AdamW at batch 32;
+- the cost of one image, decode and preprocessing alone (one thread, no loader), for the two preset shapes: an
+  anime-shaped 64 px JPEG and a CelebA-shaped 178x218 JPEG with its 128 px face crop, to 64 and 32 px, with
+  `jpeg_draft` (reduced-scale decode) and without: the cores a GPU's rate needs follow from it.
 
     .venv/bin/python bench/bench_data.py [--images 2048] [--steps 3]
 
@@ -115,6 +118,38 @@ def _train_rate(steps: int) -> tuple[float, float]:
     return BATCH / min(times), min(times)
 
 
+def per_image_costs(count: int, rounds: int) -> list[tuple[str, int, float, float]]:
+    """(shape, resolution, ms per image exact, ms per image with jpeg_draft): decode + preprocess, one thread,
+    draft on and off alternated round by round, the median round."""
+    import io
+
+    from anime_ddpm.data import CELEBA_FACE_BOX, Preprocess
+
+    rng = np.random.default_rng(1)
+
+    def jpeg(image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        return buffer.getvalue()
+
+    shapes = {"anime 64 px JPEG": ((64, 64), None), "CelebA 178x218 JPEG, face crop": ((178, 218), CELEBA_FACE_BOX)}
+    rows = []
+    for label, (size, box) in shapes.items():
+        payloads = [jpeg(face_like(rng, *size)) for _ in range(count)]
+        for resolution in (64, 32):
+            times: dict[bool, list[float]] = {False: [], True: []}
+            for r in range(rounds):
+                for draft in (r % 2 == 0, r % 2 == 1):
+                    pre = Preprocess(resolution, True, True, draft)
+                    generator = np.random.default_rng(0)
+                    start = time.perf_counter()
+                    for payload in payloads:
+                        pre.from_file({"bytes": payload}, generator, box)
+                    times[draft].append((time.perf_counter() - start) / count * 1e3)
+            rows.append((label, resolution, float(np.median(times[False])), float(np.median(times[True]))))
+    return rows
+
+
 def median(measurements: list[tuple[float, int]]) -> tuple[float, int]:
     return sorted(measurements)[len(measurements) // 2]
 
@@ -144,7 +179,17 @@ def main() -> None:
         f"Training consumes {consume:.0f} img/s (small UNet, 32 px, batch {BATCH}, fp32, AdamW, {threads} thread(s), "
         f"{step_seconds:.2f} s/step)."
     )
-    print(f"Data decoded and augmented to {RESOLUTION} px:\n")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    costs = per_image_costs(min(args.images, 512), max(2, args.repeats + 1 - args.repeats % 2))
+    torch.set_num_threads(threads)
+    print("\nOne image, decode + preprocessing only (one thread, no DataLoader):\n")
+    print("| shape | to | ms/image exact | ms/image jpeg_draft | img/s per core (draft) | cores for 5,000 img/s |")
+    print("|---|---|---|---|---|---|")
+    for label, resolution, exact, drafted in costs:
+        print(f"| {label} | {resolution} px | {exact:.3f} | {drafted:.3f} ({exact / drafted:.2f}x) | "
+              f"{1e3 / drafted:,.0f} | {5000 * drafted / 1e3:.1f} |")  # fmt: skip
+    print(f"\nData decoded and augmented to {RESOLUTION} px:\n")
     print("| source | workers | loader | images per pass | img/s (median) | x consumption |")
     print("|---|---|---|---|---|---|")
     for label, workers, loader, rate, seen in rows:

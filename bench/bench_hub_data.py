@@ -3,7 +3,7 @@ crop, normalise, collate at 64 px) from the loopback Hub look-alike (tests/hub_s
 with Range requests by the unmodified datasets / huggingface_hub clients) against the same parquet files on disk.
 
 Both preset shapes (tests/hub_datasets.py): anime (one parquet file, 64-100 px JPEGs) and CelebA (three files,
-178x218 JPEGs), 100 rows per row group; 0 and 2 DataLoader workers; a shuffle buffer of 100 (the default 1000 is
+178x218 JPEGs), 100 rows per row group; 0, 2 and 4 DataLoader workers; a shuffle buffer of 100 (the default 1000 is
 for the real 63,565 and 202,599 images: a buffer as large as these stand-ins would read them whole before the first
 batch, hiding the transfer in the set-up). The Hub streams
 are read by id (no CelebA face crop), so both sides do the same image work. The server runs in its own process on
@@ -13,7 +13,8 @@ round counts; "setup" is the time from `build_dataset` to the first batch (Hub m
     .venv/bin/python bench/bench_hub_data.py [--images 2048] [--repeats 3]
     .venv/bin/python bench/bench_hub_data.py --quick      # a few seconds: 256 images per source, one round
 
-Prints a markdown table, with the Hub / local ratio per row.
+Prints a markdown table, with the Hub / local ratio per row and each rate against what training consumes (the
+fp32 steps of `bench_data.train_rate`, measured in the same run).
 """
 
 from __future__ import annotations
@@ -110,10 +111,16 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2048, help="images per source (CelebA: a third per file)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds (the median counts)")
     parser.add_argument("--shuffle_buffer", type=int, default=100, help="shuffle buffer (0: none)")
+    parser.add_argument("--workers", default="0,2,4", help="DataLoader workers to measure, comma-separated")
     parser.add_argument("--quick", action="store_true", help="256 images, one round: a smoke run of a few seconds")
     args = parser.parse_args()
     if args.quick:
         args.images, args.repeats = 256, 1
+    worker_counts = [int(n) for n in args.workers.split(",") if n]
+    sys.path.insert(0, str(ROOT))
+    from bench.bench_data import train_rate
+
+    consume, step_seconds, threads = train_rate(1 if args.quick else 3)
 
     with tempfile.TemporaryDirectory(prefix="bench-hub-") as tmp:
         root = Path(tmp)
@@ -134,7 +141,7 @@ def main() -> None:
             candidates = [
                 (shape, where, workers, name if where == "Hub" else str(folder))
                 for shape, (name, folder) in zip(("anime (1 file)", "CelebA (3 files)"), folders.items())
-                for workers in (0, 2)
+                for workers in worker_counts
                 for where in ("local", "Hub")
             ]
             results: dict[tuple, list] = {c[:3]: [] for c in candidates}
@@ -149,19 +156,20 @@ def main() -> None:
 
     print(
         f"Images/s decoded and preprocessed to {RESOLUTION} px (batch {BATCH}, shuffle buffer {args.shuffle_buffer}), median of "
-        f"{args.repeats} round(s), {args.images} images per source, {os.cpu_count()} CPU cores:\n"
+        f"{args.repeats} round(s), {args.images} images per source, {os.cpu_count()} CPU cores; training consumes "
+        f"{consume:,.0f} img/s (small UNet, 32 px, batch 32, fp32, {threads} thread(s), {step_seconds:.2f} s/step):\n"
     )
-    print("| shape | workers | local img/s | Hub img/s | Hub / local | local setup s | Hub setup s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| shape | workers | local img/s | Hub img/s | Hub / local | Hub / training | local setup s | Hub setup s |")
+    print("|---|---|---|---|---|---|---|---|")
     for shape in ("anime (1 file)", "CelebA (3 files)"):
-        for workers in (0, 2):
+        for workers in worker_counts:
             local = sorted(results[shape, "local", workers], key=lambda r: r[1])[args.repeats // 2]
             hub = sorted(results[shape, "Hub", workers], key=lambda r: r[1])[args.repeats // 2]
             setup_local = statistics.median(r[0] for r in results[shape, "local", workers])
             setup_hub = statistics.median(r[0] for r in results[shape, "Hub", workers])
             print(
                 f"| {shape} | {workers} | {local[1]:,.0f} | {hub[1]:,.0f} | {hub[1] / local[1]:.2f}x | "
-                f"{setup_local:.2f} | {setup_hub:.2f} |"
+                f"{hub[1] / consume:.1f}x | {setup_local:.2f} | {setup_hub:.2f} |"
             )
 
 

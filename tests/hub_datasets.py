@@ -123,3 +123,15 @@ def celeba_files(rows_per_file: int = 150, seed: int = 1) -> tuple[dict[str, byt
 
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
+
+
+def large_photo_files(repo_id: str, rows: int = 48, seed: int = 3) -> tuple[dict[str, bytes], list[bytes]]:
+    """One parquet file of large, grainy 640x640 JPEGs (~0.3 MB each, 8 rows per row group): the file spans several
+    of the blocks that huggingface_hub's file system reads, so a stream reads it in several Range requests."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(rows):
+        image = np.asarray(face_like(rng, 640, 640), dtype=np.int16)
+        grain = rng.integers(-40, 41, image.shape, dtype=np.int16)  # incompressible: the file stays large
+        images.append(jpeg(Image.fromarray(np.clip(image + grain, 0, 255).astype(np.uint8))))
+    return repo_files(repo_id, [images], rows_per_group=8), images

@@ -89,6 +89,8 @@ class HubServer:
         self.faults: list[Fault] = []
         self.outage_until: float | None = None
         self.outage_mode: str | None = None
+        self.armed: tuple[float, str, re.Pattern] | None = None  # outage_mid_file
+        self.cut_reads: list[tuple[str, int, int, int]] = []  # the reads that started one: (path, start, end, size)
         self._reopen: threading.Timer | None = None
         self.host, self.port = host, port  # 0: any free port
         self.httpd: ThreadingHTTPServer | None = None
@@ -151,6 +153,25 @@ class HubServer:
             self._reopen.daemon = True
             self._reopen.start()
 
+    def outage_mid_file(self, seconds: float, mode: str = "refuse", match: str = r"\.parquet$") -> None:
+        """Arm an outage of `seconds` that begins with the first read from the middle of a matching file (a Range
+        starting past byte 0 and ending before the last byte: neither the header nor the footer), which fails."""
+        if mode not in OUTAGES:
+            raise ValueError(f"mode must be one of {OUTAGES}, got {mode!r}")
+        with self.lock:
+            self.armed = (seconds, mode, re.compile(match))
+
+    def cut_mid_file(self, path: str, start: int, end: int, size: int) -> bool:
+        """Whether this read starts the armed mid-file outage (then the caller resets the connection)."""
+        with self.lock:
+            if self.armed is None or not (0 < start and end < size - 1) or not self.armed[2].search(path):
+                return False
+            seconds, mode, _ = self.armed
+            self.armed = None
+            self.cut_reads.append((path, start, end, size))
+        threading.Thread(target=self.outage, args=(seconds, mode), daemon=True).start()
+        return True
+
     def _end_outage(self) -> None:
         with self.lock:
             self.outage_until = self.outage_mode = None
@@ -164,6 +185,7 @@ class HubServer:
             self._reopen.cancel()
         with self.lock:
             self.faults.clear()
+            self.armed = None
         self._end_outage()
 
     def take_fault(self, path: str) -> tuple[str, int] | None:
@@ -580,6 +602,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self.error(416, "Requested Range Not Satisfiable", headers=headers)
             start, end = span
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+            if self.hub.cut_mid_file(filename, start, end, size):
+                return self.reset()
         self.send_blob(206 if wanted else 200, headers, blob, start, end)
 
     def send_blob(self, status: int, headers: dict, blob: str, start: int, end: int, head=False, chunk=1 << 20):

@@ -173,3 +173,9 @@ def test_a_resumed_budgeted_run_keeps_the_clock_it_had(budget_runs):
         assert 4.0 <= records[-1]["elapsed"] < 5.5, records[-1]
         assert all(r["elapsed"] < 4.0 for r in records[:-1])
     assert (root / "resumed" / "model_index.json").exists()
+
+
+def test_durations_read_as_people_write_them():
+    from anime_ddpm.budget import format_duration
+
+    assert [format_duration(s) for s in (42.25, 249.734, 900, 7200 + 1800)] == ["42.2 s", "4.2 min", "15 min", "2.5 h"]

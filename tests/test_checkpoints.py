@@ -320,6 +320,7 @@ def test_a_run_killed_after_its_checkpoint_resumes_into_one_timeline_of_metrics(
     resumed = start([*args, "--resume_from_checkpoint", "latest"], tmp_path.parent / "resumed.log").wait()
     assert resumed.returncode == 0, resumed.output[-3000:]
     assert "dropped" in resumed.output and "past step 5" in resumed.output
+    assert "Trained 5 steps, from step 5 (resumed) to 10 (20 images" in resumed.output  # this process's share
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 11))
     assert tensorboard_steps(tmp_path / "logs") == list(range(1, 11))

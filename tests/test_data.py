@@ -214,6 +214,76 @@ def test_celeba_preset_crops_the_face_window_before_resizing():
     assert got.shape == (3, 16, 16) and (levels(got) == np.array([200, 0, 0])[:, None, None]).all()
 
 
+def jpeg_bytes(image: Image.Image, **save) -> bytes:
+    from io import BytesIO
+
+    buffer = BytesIO()
+    image.save(buffer, format="JPEG", quality=90, **save)
+    return buffer.getvalue()
+
+
+def decoded_both_ways(
+    payload: bytes, resolution: int, crop_box=None
+) -> tuple[torch.Tensor, torch.Tensor, Image.Image]:
+    """(full decode through the reference, reduced-scale decode with jpeg_draft, the drafted image)."""
+    from functools import partial
+
+    exact, drafted = Preprocess(resolution), Preprocess(resolution, jpeg_draft=True)
+    image = data.decode_image({"bytes": payload}, draft_size=partial(drafted.draft_size, crop_box=crop_box))
+    reference = exact(data.decode_image({"bytes": payload}), np.random.default_rng(0), crop_box)
+    return reference, drafted(image, np.random.default_rng(0), crop_box), image
+
+
+@pytest.mark.parametrize(("size", "resolution", "crop_box", "scale"),
+                         [((178, 218), 64, CELEBA_FACE_BOX, 2), ((178, 218), 32, CELEBA_FACE_BOX, 2), ((512, 384), 64, None, 4)])  # fmt: skip
+def test_jpeg_draft_decodes_at_reduced_scale_within_the_stated_tolerance(size, resolution, crop_box, scale):
+    from tests.hub_datasets import face_like
+
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        reference, got, image = decoded_both_ways(jpeg_bytes(face_like(rng, *size)), resolution, crop_box)
+        assert image.info[data.DRAFT_SCALE] == scale and image.info[data.DRAFT_SIZE] == size
+        assert got.shape == reference.shape == (3, resolution, resolution)
+        difference = (got - reference) * 127.5  # in 0-255 levels
+        assert difference.abs().mean() < 3 and abs(difference.mean()) < 1  # the filter differs, not the geometry
+
+
+def test_jpeg_draft_leaves_small_rotated_and_non_jpeg_images_to_the_exact_path():
+    from tests.hub_datasets import face_like
+
+    rng = np.random.default_rng(0)
+    small = jpeg_bytes(face_like(rng, 64, 64))  # anime-sized: a full decode costs a fraction of a millisecond
+    exif = Image.Exif()
+    exif[Image.ExifTags.Base.Orientation] = 6
+    rotated = jpeg_bytes(face_like(rng, 218, 178), exif=exif)
+    from io import BytesIO
+
+    png = BytesIO()
+    face_like(rng, 178, 218).save(png, format="PNG")
+    for payload, crop_box in ((small, None), (rotated, CELEBA_FACE_BOX), (png.getvalue(), CELEBA_FACE_BOX)):
+        reference, got, image = decoded_both_ways(payload, 32 if payload is small else 16, crop_box)
+        assert data.DRAFT_SCALE not in image.info and torch.equal(got, reference)
+
+
+def test_training_streams_use_jpeg_draft_unless_turned_off(tmp_path):
+    from tests.hub_datasets import face_like
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"{i}.jpg").write_bytes(jpeg_bytes(face_like(rng, 256, 256)))
+    exact = Preprocess(32)
+    reference = {
+        ident_bytes: exact(data.decode_image({"bytes": ident_bytes}), np.random.default_rng(0))
+        for ident_bytes in (p.read_bytes() for p in sorted(folder.iterdir()))
+    }
+    for draft in (True, False):
+        got = [e["pixel_values"] for e in build_dataset(DataConfig(dataset=str(folder), jpeg_draft=draft))]
+        closest = [min((g - r).abs().mean().item() for r in reference.values()) for g in got]
+        assert len(got) == 4 and (max(closest) == 0) == (not draft) and max(closest) < 3 / 127.5
+
+
 # ------------------------------------------------------------------------------------------------ sources
 
 

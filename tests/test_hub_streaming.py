@@ -48,6 +48,7 @@ PRIVATE = "alice/private-faces"
 GATED = "alice/gated-faces"
 MISSING = "alice/no-such-faces"
 FLAKY = "alice/faces"  # 24 images: 3 steps an epoch, so the stream opens its file again every 3 steps
+LARGE = "alice/large-faces"  # 48 large JPEGs in one 11 MB file, read in several Range requests: cut mid-file
 SHORT_OUTAGE, RETRY_MINUTES_OF_LONG = 26, 0.05  # longer than huggingface_hub's own retries (~23 s); past 3 s
 ANIME_ROWS, CELEBA_ROWS_PER_FILE = 400, 150  # 4 row groups in one file; 3 files of 2 row groups
 RESOLUTION = 16
@@ -63,9 +64,9 @@ def image_hash(pixels) -> str:
 
 def expected_hashes(images: list[bytes], crop_box=None) -> list[str]:
     """The hashes the trainer's data pipeline gives these JPEGs at 16 px (centre crop, no flip), in order."""
-    preprocess = data.Preprocess(RESOLUTION)
+    preprocess = data.Preprocess(RESOLUTION, jpeg_draft=data.DataConfig().jpeg_draft)
     rng = np.random.default_rng(0)  # unused without random crops or flips
-    return [image_hash(preprocess(data.decode_image({"bytes": b}), rng, crop_box)) for b in images]
+    return [image_hash(preprocess.from_file({"bytes": b}, rng, crop_box)) for b in images]
 
 
 def hub_env(hub, home: Path, token: str | None = None, server=None) -> dict[str, str]:
@@ -144,11 +145,14 @@ def hub(tmp_path_factory):
     celeba_files, celeba_images = hub_datasets.celeba_files(CELEBA_ROWS_PER_FILE)
     small_files, small_images = hub_datasets.anime_files(24, seed=7)
     tokens = {ALICE: "alice", BOB: "bob", "hf_carolSECRETtoken": "carol"}
-    flaky = {name: HubServer(root / f"{name}-server").start() for name in ("short", "long")}  # one outage each
+    large_files, _ = hub_datasets.large_photo_files(LARGE)
+    flaky = {name: HubServer(root / f"{name}-server").start() for name in ("short", "long", "mid")}  # one outage each
     for server in flaky.values():
         server.add_dataset(FLAKY, small_files)
+    flaky["mid"].add_dataset(LARGE, large_files)
     with HubServer(root / "server", tokens=tokens) as server:
         server.add_dataset(FLAKY, small_files)
+        server.add_dataset(LARGE, large_files)
         server.add_dataset(ANIME_ID, anime_files)
         server.add_dataset(CELEBA_ID, celeba_files)
         server.add_dataset(PRIVATE, small_files, private=True)
@@ -220,6 +224,11 @@ def runs(hub):
                           "--debug_step_sleep", "0.3", *extra)  # fmt: skip
 
     launch("o_none", flaky_args("o_none"))
+    # Cut inside the parquet file: the first Range read from its middle starts an outage of SHORT_OUTAGE seconds.
+    mid_file = ["--shuffle_buffer", "0", "--checkpointing_steps", "6"]
+    launch("o_mid_none", train_args(LARGE, root / "o_mid_none", 12, *mid_file))
+    hub.flaky["mid"].outage_mid_file(SHORT_OUTAGE, "refuse")
+    launch("o_mid", train_args(LARGE, root / "o_mid", 12, *mid_file), server=hub.flaky["mid"])
     launch("o_short", flaky_args("o_short"), server=hub.flaky["short"])
     long_args = flaky_args("o_long", "--data_retry_minutes", str(RETRY_MINUTES_OF_LONG))
     launch("o_long", long_args, server=hub.flaky["long"])
@@ -321,11 +330,27 @@ def test_server_faults_for_outage_tests(hub):
         server.outage(30, "503")
         with pytest.raises(urllib.error.HTTPError, match="503"):
             urllib.request.urlopen(infos)
+        server.heal()
+        size = len(hub.files[ANIME_ID]["data/train-00000-of-00001.parquet"])
+        server.outage_mid_file(0.5, "refuse")
+        for span in ("0-999", f"{size - 1000}-{size - 1}"):  # the header, the footer: not mid-file
+            assert (
+                urllib.request.urlopen(urllib.request.Request(parquet, headers={"Range": f"bytes={span}"})).status
+                == 206
+            )
+        with pytest.raises(OSError):
+            urllib.request.urlopen(urllib.request.Request(parquet, headers={"Range": "bytes=1000-1999"})).read()
+        assert server.cut_reads[-1][1:] == (1000, 1999, size)
+        time.sleep(0.2)
+        with pytest.raises(urllib.error.URLError, match="refused"):
+            urllib.request.urlopen(infos, timeout=5)
+        time.sleep(0.8)
+        assert urllib.request.urlopen(infos).status == 200
     finally:
         server.heal()
     assert urllib.request.urlopen(infos).status == 200
     statuses = [entry["status"] for entry in server.log if entry["path"].endswith(("dataset_infos.json", ".parquet"))]
-    assert statuses[-8:] == [503, 429, 200, "drop", "reset", 200, 503, 200]
+    assert statuses[-12:] == [503, 429, 200, "drop", "reset", 200, 503, 206, 206, "reset", 200, 200]
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -479,6 +504,16 @@ def test_an_outage_longer_than_the_hubs_own_retries_is_waited_out_with_the_same_
     assert log.count("The data host does not answer") == 1 and "Connection re" in log  # refused or reset
     assert log.count("Still retrying the data host") <= 1  # one line a minute, not one per request and retry
     assert log.count("thrown while requesting") <= 2 and log.count("Retrying in") <= 2
+
+
+def test_an_outage_that_cuts_a_file_in_the_middle_is_waited_out_with_the_same_result(hub, runs):
+    for name in ("o_mid_none", "o_mid"):
+        succeeded(getattr(runs, name))
+    ((path, start, end, size),) = hub.flaky["mid"].cut_reads  # the one read that started the outage
+    assert path.endswith(".parquet") and 0 < start and end < size - 1
+    assert same_weights(runs.root / "o_mid_none", runs.root / "o_mid")
+    assert step_hashes(runs.root / "o_mid-dump") == step_hashes(runs.root / "o_mid_none-dump")
+    assert runs.o_mid.output.count("The data host does not answer") == 1
 
 
 def test_an_outage_past_the_retry_budget_ends_with_a_checkpoint_then_resumes_as_if_nothing_happened(runs):

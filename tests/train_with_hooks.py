@@ -92,4 +92,4 @@ if __name__ == "__main__":
     hooks.add_argument("--debug_step_sleep", type=float, default=0.0)
     args, rest = hooks.parse_known_args()
     callbacks = TestHooks(args.debug_dump_dir, args.debug_nan_batches, args.debug_kill_in_checkpoint, args.debug_step_sleep)  # fmt: skip
-    sys.exit(main(rest, callbacks))
+    sys.exit(main(rest, callbacks, script=True))
