@@ -54,7 +54,7 @@ class DataOptions:
     random_flip: bool = option(False, "flip images horizontally at random")
     jpeg_draft: bool = option(True, "decode JPEGs twice the needed size or more at 1/2-1/8 scale (--no-jpeg_draft: exact)")  # fmt: skip
     shuffle_buffer: int | None = option(None, "shuffle buffer of streamed datasets (0: no shuffling)")
-    dataloader_num_workers: int = option(0, "data loading subprocesses per training process")
+    dataloader_num_workers: int | None = option(None, "data loading subprocesses per process (default: none on a CPU; on a GPU up to 8 cores' worth)")  # fmt: skip
     data_retry_minutes: float = option(30.0, "wait this long for a stream that lost the network, then stop with a checkpoint")  # fmt: skip
 
 
@@ -145,9 +145,10 @@ GROUPS = {
     "launch": LaunchOptions,
 }
 # What a checkpoint belongs to: a run resumes only with the same values (checkpoint.py compares them). Limits
-# (steps, time), checkpoints, previews, logging and the Hub may change between resumes.
+# (steps, time), checkpoints, previews, logging and the Hub may change between resumes; so may --jpeg_draft, which
+# came later (a new name here would disown every earlier checkpoint) and changes pixels by ~3/255 on average.
 RUN_IDENTITY = (
-    *(f.name for f in dataclasses.fields(DataOptions) if f.name not in ("dataset_name", "cache_dir", "data_retry_minutes")),
+    *(f.name for f in dataclasses.fields(DataOptions) if f.name not in ("dataset_name", "cache_dir", "data_retry_minutes", "jpeg_draft")),
     *(f.name for f in dataclasses.fields(ModelOptions) if f.name not in ("ddpm_num_inference_steps", "enable_xformers_memory_efficient_attention")),
     "train_batch_size",
     "gradient_accumulation_steps",

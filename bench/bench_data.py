@@ -46,13 +46,21 @@ def face_like(rng: np.random.Generator, width: int, height: int) -> Image.Image:
     return Image.fromarray(np.clip(image + grain, 0, 255).astype(np.uint8))
 
 
+def jpeg_bytes(image: Image.Image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
 def make_sources(root: Path, count: int) -> dict[str, str]:
     rng = np.random.default_rng(0)
     folder = root / "anime-like"
     folder.mkdir()
     for i in range(count):
         face_like(rng, 96, 96).save(folder / f"{i:05d}.jpg", quality=90)
-    celeba = [face_like(rng, 178, 218) for _ in range(count)]
+    celeba = [{"bytes": jpeg_bytes(face_like(rng, 178, 218)), "path": None} for _ in range(count)]  # JPEG as CelebA's
     table = Dataset.from_dict({"image": celeba}).cast_column("image", ImageFeature())
     table.to_parquet(str(root / "celeba-like.parquet"), batch_size=256)
     return {"folder, 96 px JPEG": str(folder), "parquet, 178x218 JPEG": str(root / "celeba-like.parquet")}
@@ -121,21 +129,14 @@ def _train_rate(steps: int) -> tuple[float, float]:
 def per_image_costs(count: int, rounds: int) -> list[tuple[str, int, float, float]]:
     """(shape, resolution, ms per image exact, ms per image with jpeg_draft): decode + preprocess, one thread,
     draft on and off alternated round by round, the median round."""
-    import io
-
     from anime_ddpm.data import CELEBA_FACE_BOX, Preprocess
 
     rng = np.random.default_rng(1)
 
-    def jpeg(image: Image.Image) -> bytes:
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=90)
-        return buffer.getvalue()
-
     shapes = {"anime 64 px JPEG": ((64, 64), None), "CelebA 178x218 JPEG, face crop": ((178, 218), CELEBA_FACE_BOX)}
     rows = []
     for label, (size, box) in shapes.items():
-        payloads = [jpeg(face_like(rng, *size)) for _ in range(count)]
+        payloads = [jpeg_bytes(face_like(rng, *size)) for _ in range(count)]
         for resolution in (64, 32):
             times: dict[bool, list[float]] = {False: [], True: []}
             for r in range(rounds):

@@ -117,15 +117,15 @@ def main() -> None:
     if args.quick:
         args.images, args.repeats = 256, 1
     worker_counts = [int(n) for n in args.workers.split(",") if n]
-    sys.path.insert(0, str(ROOT))
-    from bench.bench_data import train_rate
-
-    consume, step_seconds, threads = train_rate(1 if args.quick else 3)
 
     with tempfile.TemporaryDirectory(prefix="bench-hub-") as tmp:
         root = Path(tmp)
         port = free_port()
         point_clients_at(f"http://127.0.0.1:{port}", root / "hf-home")
+        sys.path.insert(0, str(ROOT))
+        from bench.bench_data import train_rate  # after point_clients_at: it imports huggingface_hub
+
+        consume, step_seconds, threads = train_rate(1 if args.quick else 3)
         import datasets.config
 
         datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0  # the 5 s pause after a pass is not data loading time

@@ -155,7 +155,14 @@ def main() -> None:
     parser.add_argument("--samplers", default="ddpm,fast",
                         help="ddpm: 1000 DDPM steps; fast: the default sampler; also ddpm-large, ddpm-noclip, ddim")  # fmt: skip
     parser.add_argument("--num-images", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="training seed (one run per recipe)")
+    parser.add_argument("--seeds", help="comma-separated training seeds: one run per recipe and seed, mean and spread")
+    parser.add_argument(
+        "--judge-images",
+        type=int,
+        default=256,
+        help="fast-sampler samples for the smiley and off-data shares (the first 64 give the SWD)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads for sampling")
     parser.add_argument("--output-dir", default=str(ROOT / "outputs" / "bench-recipe"), help="(git-ignored)")
     parser.add_argument("--grid", default=None, help="default: --output-dir/bench_recipe.png")
@@ -174,6 +181,12 @@ def main() -> None:
     unknown = [n for n in names if n not in recipes]
     if unknown:
         sys.exit(f"Unknown recipe(s) {', '.join(unknown)}: choose from {', '.join(recipes)} or add --candidate.")
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
+    # One run per recipe and seed; a run's name is the recipe's, with "@seed" when several seeds are asked for.
+    run_recipe = {(f"{n}@{seed}" if args.seeds else n): (n, seed) for n in names for seed in seeds}
+    for run_name, (recipe, _) in run_recipe.items():
+        recipes.setdefault(run_name, recipes[recipe])
+    recipe_names, names = names, list(run_recipe)
     samplers = [s.strip() for s in args.samplers.split(",")]
     output_dir = Path(args.output_dir).resolve()
     runs_dir = output_dir / "runs"
@@ -190,7 +203,7 @@ def main() -> None:
             while queue and len(running) < args.parallel:
                 name = queue.pop(0)
                 flags = [f.format(reference_unet=reference_unet.parent) for f in recipes[name]["flags"]]
-                process = launch(name, flags, runs_dir / name, args.minutes, args.seed)
+                process = launch(name, flags, runs_dir / name, args.minutes, run_recipe[name][1])
                 running.append((name, process, runs_dir / name))
             name, process, run_dir = running.pop(0)
             training[name] = finished(name, process, run_dir)
@@ -213,24 +226,32 @@ def main() -> None:
     unknown = [s for s in samplers if s not in sampler_label]
     if unknown:
         sys.exit(f"Unknown sampler(s) {', '.join(unknown)}: choose from {', '.join(sampler_label)}.")
+    from bench.emoji_eval import EmojiReference
+
+    reference_faces = EmojiReference.build()
+    judged: dict[str, dict[str, dict[str, float]]] = {}
     scores: dict[str, dict[str, float]] = {}
     levels: dict[str, dict[str, dict[str, float]]] = {}
     samples: dict[tuple[str, str], torch.Tensor] = {}
     for name in names:
         pipe = load_pipeline(str(runs_dir / name), device="cpu")
         pipe.set_progress_bar_config(disable=True)
-        scores[name], levels[name] = {}, {}
+        scores[name], levels[name], judged[name] = {}, {}, {}
         for sampler in samplers:
             driven, steps = sampler_pipeline(pipe, sampler, fast_name, fast_steps)
             driven.set_progress_bar_config(disable=True)
             start = time.perf_counter()
-            images = generate(driven, args.num_images, seed=0, batch_size=64, num_inference_steps=steps) * 2 - 1
-            samples[name, sampler] = images
+            count = max(args.num_images, args.judge_images) if sampler == "fast" else args.num_images
+            images = generate(driven, count, seed=0, batch_size=64, num_inference_steps=steps) * 2 - 1
+            samples[name, sampler] = images[: args.num_images]  # per-image seeds: the first 64 as with count 64
             levels[name][sampler] = sliced_wasserstein_distance(images[:TEST_IMAGES], held_out)
             scores[name][sampler] = levels[name][sampler]["avg"]
+            judged[name][sampler] = reference_faces.judge(images) | {"images": len(images)}
             per_level = ", ".join(f"{k} px {v:.1f}" for k, v in levels[name][sampler].items() if k != "avg")
-            print(f"[{name}] {sampler_label[sampler]}: SWD {scores[name][sampler]:.1f} ({per_level}; "
-                  f"{time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+            shares = judged[name][sampler]
+            print(f"[{name}] {sampler_label[sampler]}: SWD {scores[name][sampler]:.1f} ({per_level}); smileys "
+                  f"{shares['smiley_share']:.0%} of {len(images)}, off-data {shares['off_share']:.0%} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
 
     # ------------------------------------------------------------------------- report
     lines = [f"| recipe | steps in {args.minutes:g} min | final loss | "
@@ -241,6 +262,27 @@ def main() -> None:
         lines.append(f"| {recipes[name]['label']} | {training[name]['steps']} | {training[name]['final_loss']:.4f} | {cells} |")  # fmt: skip
     lines.append(f"| 64 real training images (the floor) | - | - | {' | '.join(f'{floor:.0f}' for _ in samplers)} |")
     table = "\n".join(lines)
+    if args.seeds:  # mean and spread over the seeds, per recipe
+        lines = ["| recipe | seeds | " + " | ".join(f"SWD {sampler_label[s]} mean (min-max)" for s in samplers)
+                 + " | smileys (fast) | off-data (fast) |", "|---" * (4 + len(samplers)) + "|"]  # fmt: skip
+        for recipe in recipe_names:
+            runs = [n for n, (r, _) in run_recipe.items() if r == recipe]
+            cells = []
+            for sampler in samplers:
+                values = [scores[n][sampler] for n in runs]
+                cells.append(f"{sum(values) / len(values):.1f} ({min(values):.1f}-{max(values):.1f})")
+            shares = [judged[n].get("fast", next(iter(judged[n].values()))) for n in runs]
+            smiley = [j["smiley_share"] for j in shares]
+            off = [j["off_share"] for j in shares]
+            lines.append(f"| {recipes[recipe]['label']} | {len(runs)} | {' | '.join(cells)} | "
+                         f"{sum(smiley) / len(smiley):.0%} ({min(smiley):.0%}-{max(smiley):.0%}) | "
+                         f"{sum(off) / len(off):.0%} ({min(off):.0%}-{max(off):.0%}) |")  # fmt: skip
+        table += "\n\nOver the seeds:\n\n" + "\n".join(lines)
+    table += (
+        f"\n\nThe data: {reference_faces.data_smiley_share:.0%} smileys; the nearest-neighbour judge labels "
+        f"{reference_faces.classifier_accuracy:.0%} of the held-out test images right; 'off-data' counts samples "
+        "farther from every training image than 95% of the held-out images are (bench/emoji_eval.py)."
+    )
     ratios, excess_ratios = {}, {}
     if "reference" in names:
         for name in names:
@@ -266,6 +308,8 @@ def main() -> None:
         "swd": scores,
         "swd_levels": levels,
         "swd_real_floor": floor,
+        "judged": judged,
+        "seeds": seeds,
         "swd_ratio_reference_over": ratios,
         "swd_above_floor_ratio_reference_over": excess_ratios,
         "fast_sampler": f"{fast_name} {fast_steps}",

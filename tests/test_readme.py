@@ -523,7 +523,7 @@ class Runner:
                 missing = {"steps", "images_per_sec", "mixed_precision", "device", "cpu_threads"} - set(summary)
                 if missing:
                     self.fail(f"{where}: summary.json lacks {sorted(missing)}")
-            if not re.search(r"Trained \d+ steps .* CPU thread", output):
+            if not re.search(r"Trained \d+ steps[ ,].* CPU thread", output):
                 self.fail(
                     f"{where}: `{command.text}` printed no closing line with steps and threads:\n{output[-1500:]}"
                 )

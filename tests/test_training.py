@@ -489,6 +489,17 @@ def test_only_accelerate_launchs_default_of_one_thread_is_replaced_by_all_cores(
     assert state._launcher_set_one_thread(environ, parent) is expected
 
 
+@pytest.mark.parametrize(("device", "processes", "cores", "expected"),
+                         [("cpu", 1, 16, 0), ("cuda", 1, 16, 8), ("cuda", 4, 16, 3), ("cuda", 1, 4, 3), ("cuda", 8, 8, 0)])  # fmt: skip
+def test_loader_workers_default_to_the_cores_a_gpu_leaves_free(monkeypatch, device, processes, cores, expected):
+    import types
+
+    monkeypatch.setattr(state.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    accelerator = types.SimpleNamespace(device=torch.device(device), num_processes=processes)
+    assert state.default_loader_workers(accelerator) == expected
+
+
 def test_the_non_finite_stop_names_the_last_good_checkpoint_or_says_there_is_none():
     from anime_ddpm.training import nonfinite_error
 
