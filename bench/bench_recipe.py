@@ -184,8 +184,8 @@ def main() -> None:
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
     # One run per recipe and seed; a run's name is the recipe's, with "@seed" when several seeds are asked for.
     run_recipe = {(f"{n}@{seed}" if args.seeds else n): (n, seed) for n in names for seed in seeds}
-    for run_name, (recipe, _) in run_recipe.items():
-        recipes.setdefault(run_name, recipes[recipe])
+    for run_name, (recipe, seed) in run_recipe.items():
+        recipes.setdefault(run_name, {**recipes[recipe], "label": f"{recipes[recipe]['label']}, seed {seed}"})
     recipe_names, names = names, list(run_recipe)
     samplers = [s.strip() for s in args.samplers.split(",")]
     output_dir = Path(args.output_dir).resolve()
