@@ -83,6 +83,7 @@ class DataConfig:
     seed: int = 0
     token: str | None = None  # for private and gated Hub datasets; default: HF_TOKEN or the saved login
     jpeg_draft: bool = True  # decode large JPEGs at a reduced scale (Preprocess); False: the bit-exact reference
+    data_retry_minutes: float = 0.0  # a Hub that does not answer as the stream opens: wait this long (training: 30)
 
     @classmethod
     def from_options(cls, options: Any, **overrides: Any) -> DataConfig:
@@ -537,20 +538,24 @@ def _hub_access_error(source: Source, err: Exception, token: str | None = None) 
 
 
 def _load_hub(source: Source, config: DataConfig) -> IterableDataset:
-    streaming = True if config.streaming is None else config.streaming
-    if not network.is_offline() and not network.behind_proxy() and not network.hub_reachable():
-        from huggingface_hub import constants
+    from huggingface_hub import constants
 
-        raise _no_hub_error(source, f"no network connection to {urlparse(constants.ENDPOINT).hostname}")
+    streaming = True if config.streaming is None else config.streaming
+    host = urlparse(constants.ENDPOINT).hostname
+    probe = not network.is_offline() and not network.behind_proxy()
+    reason = network.why_unreachable() if probe else None
+    if reason == network.NO_NETWORK or (reason and not config.data_retry_minutes):
+        raise _no_hub_error(source, f"no network connection to {host}" if reason == network.NO_NETWORK else f"{host} does not answer ({reason})")  # fmt: skip
+
+    def load() -> IterableDataset:
+        # A Hub that is down (refused, no answer, 5xx, 429) as the run starts is waited for, as later in the run.
+        if probe and (still := network.why_unreachable()) is not None:
+            raise ConnectionError(f"{host} does not answer ({still})")
+        return datasets.load_dataset(source.location, config.dataset_config_name, split=config.split,
+                                     streaming=streaming, cache_dir=config.cache_dir, token=config.token)  # fmt: skip
+
     try:
-        ds = datasets.load_dataset(
-            source.location,
-            config.dataset_config_name,
-            split=config.split,
-            streaming=streaming,
-            cache_dir=config.cache_dir,
-            token=config.token,
-        )
+        ds = network.retry_while_transient(load, config.data_retry_minutes * 60, f"The Hub ({host})")
     except Exception as err:
         if network.is_offline():
             raise _no_hub_error(source, "offline mode is on and it is not in the cache") from err

@@ -15,6 +15,10 @@ import threading
 import time
 from urllib.parse import urlparse
 
+from .budget import format_duration
+
+
+logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 2.0  # seconds for the TCP connection to the Hub endpoint (DNS included)
 _TRUE = ("1", "ON", "YES", "TRUE")
@@ -51,29 +55,69 @@ def is_repo_id(name: str) -> bool:
 
 
 def hub_reachable(timeout: float = PROBE_TIMEOUT) -> bool:
-    """Whether a TCP connection to the Hub endpoint opens within `timeout` seconds; False at once when offline.
+    """Whether a TCP connection to the Hub endpoint opens within `timeout` seconds; False at once when offline."""
+    return why_unreachable(timeout) is None
+
+
+NO_NETWORK = "no network"  # what `why_unreachable` says when the host name does not resolve or has no route
+
+
+def why_unreachable(timeout: float = PROBE_TIMEOUT) -> str | None:
+    """None when a TCP connection to the Hub endpoint opens within `timeout` seconds; else why not: "offline mode",
+    NO_NETWORK (the name does not resolve, or no route: this machine has no network, which waiting will not cure),
+    or "refused" / "no answer" (the host is there but does not serve: an outage, which waiting may cure).
 
     DNS lookups cannot be timed out, so the probe runs in a daemon thread.
     """
     if is_offline():
-        return False
+        return "offline mode"
     from huggingface_hub import constants
 
     url = urlparse(constants.ENDPOINT)
     port = url.port or (443 if url.scheme == "https" else 80)
-    result: list[bool] = []
+    result: list[str | None] = []
 
     def probe() -> None:
         try:
             socket.create_connection((url.hostname, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
+            result.append(None)
+        except socket.gaierror:
+            result.append(NO_NETWORK)
+        except ConnectionRefusedError:
+            result.append("refused")
+        except OSError as error:  # ENETUNREACH, EHOSTUNREACH: no route; a timeout: no answer
+            result.append(NO_NETWORK if error.errno in (101, 113) else "no answer")
 
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
     thread.join(timeout + 0.5)
-    return bool(result and result[0])
+    return result[0] if result else "no answer"
+
+
+def retry_while_transient(call, retry_seconds: float, what: str, clock=time.monotonic, sleep=time.sleep):
+    """`call()`, again with backoff (2, 4, ... 30 s) while it fails with a network failure (`is_transient`), for up to
+    `retry_seconds`; then its last error. One line when the waiting starts, then one a minute."""
+    start, failures, said = clock(), 0, 0.0
+    while True:
+        try:
+            result = call()
+        except Exception as error:
+            waited = clock() - start
+            if not retry_seconds or not is_transient(error) or waited >= retry_seconds:
+                raise
+            failures += 1
+            if failures == 1 or waited - said >= 60:
+                said = waited
+                if failures == 1:
+                    logger.warning(f"{what} does not answer ({error}); waiting for it up to "
+                                   f"{format_duration(retry_seconds)} (--data_retry_minutes).")  # fmt: skip
+                else:
+                    logger.warning(f"{what} still does not answer ({error}): {format_duration(waited)} so far.")
+            sleep(min(2.0**failures, 30.0, max(0.1, retry_seconds - waited)))
+            continue
+        if failures:
+            logger.warning(f"{what} answers again after {clock() - start:.0f} s.")
+        return result
 
 
 # ============================================================================================= outages

@@ -89,7 +89,7 @@ class HubServer:
         self.faults: list[Fault] = []
         self.outage_until: float | None = None
         self.outage_mode: str | None = None
-        self.armed: tuple[float, str, re.Pattern] | None = None  # outage_mid_file
+        self.armed: tuple[float, str, re.Pattern, bool] | None = None  # outage_mid_file, outage_at_first_request
         self.cut_reads: list[tuple[str, int, int, int]] = []  # the reads that started one: (path, start, end, size)
         self._reopen: threading.Timer | None = None
         self.host, self.port = host, port  # 0: any free port
@@ -159,17 +159,30 @@ class HubServer:
         if mode not in OUTAGES:
             raise ValueError(f"mode must be one of {OUTAGES}, got {mode!r}")
         with self.lock:
-            self.armed = (seconds, mode, re.compile(match))
+            self.armed = (seconds, mode, re.compile(match), True)
+
+    def outage_at_first_request(self, seconds: float, mode: str = "refuse", match: str = "") -> None:
+        """Arm an outage of `seconds` that begins with the next matching request, which fails: a Hub that is down
+        when a run first calls it, however long the run takes to start."""
+        if mode not in OUTAGES:
+            raise ValueError(f"mode must be one of {OUTAGES}, got {mode!r}")
+        with self.lock:
+            self.armed = (seconds, mode, re.compile(match), False)
+
+    def _start_armed_outage(self, seconds: float, mode: str) -> None:
+        threading.Thread(target=self.outage, args=(seconds, mode), daemon=True).start()  # not from a handler
 
     def cut_mid_file(self, path: str, start: int, end: int, size: int) -> bool:
         """Whether this read starts the armed mid-file outage (then the caller resets the connection)."""
         with self.lock:
-            if self.armed is None or not (0 < start and end < size - 1) or not self.armed[2].search(path):
+            if self.armed is None or not self.armed[3]:
                 return False
-            seconds, mode, _ = self.armed
+            seconds, mode, match, _ = self.armed
+            if not (0 < start and end < size - 1) or not match.search(path):
+                return False
             self.armed = None
             self.cut_reads.append((path, start, end, size))
-        threading.Thread(target=self.outage, args=(seconds, mode), daemon=True).start()
+        self._start_armed_outage(seconds, mode)
         return True
 
     def _end_outage(self) -> None:
@@ -195,6 +208,12 @@ class HubServer:
                 if time.monotonic() < self.outage_until:
                     return ("reset" if self.outage_mode == "refuse" else self.outage_mode), 1
                 self.outage_until = self.outage_mode = None
+            if self.armed is not None and not self.armed[3] and self.armed[2].search(path):
+                seconds, mode, _, _ = self.armed
+                self.armed = None
+                self.outage_until, self.outage_mode = time.monotonic() + seconds, mode  # until the thread closes
+                self._start_armed_outage(seconds, mode)
+                return ("reset" if mode == "refuse" else mode), 1
             for fault in self.faults:
                 if fault.remaining > 0 and (fault.match is None or fault.match.search(path)):
                     fault.remaining -= 1

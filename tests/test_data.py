@@ -417,9 +417,49 @@ def test_hub_id_without_network_fails_in_seconds_without_trying_datasets(monkeyp
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9
     monkeypatch.setattr(data.datasets, "load_dataset", lambda *a, **k: pytest.fail("datasets would retry for 24 s"))
     start = time.monotonic()
-    with pytest.raises(DataError, match=r"DrishtiSharma/Anime-Face-Dataset.*no network.*--dataset emoji"):
-        build_dataset(DataConfig(dataset="anime"))
+    with pytest.raises(
+        DataError, match=r"DrishtiSharma/Anime-Face-Dataset.*does not answer \(refused\).*--dataset emoji"
+    ):
+        build_dataset(DataConfig(dataset="anime"))  # no --data_retry_minutes here: nothing to wait for
     assert time.monotonic() - start < 5
+
+
+def test_a_hub_that_does_not_answer_as_the_stream_opens_is_waited_for_within_the_budget(monkeypatch, caplog):
+    answers = iter(["refused", "refused", "no answer", None, None])
+    monkeypatch.setattr(network, "is_offline", lambda: False)
+    monkeypatch.setattr(network, "behind_proxy", lambda: False)
+    monkeypatch.setattr(network, "why_unreachable", lambda timeout=2.0: next(answers))
+    monkeypatch.setattr(network.time, "sleep", lambda seconds: None)
+    loaded = []
+    monkeypatch.setattr(data.datasets, "load_dataset", lambda *a, **k: loaded.append(a) or "the stream")
+    source = data.resolve_source("anime", 1.0, DataConfig())
+    with caplog.at_level("WARNING"):
+        assert data._load_hub(source, DataConfig(dataset="anime", data_retry_minutes=1)) == "the stream"
+    assert len(loaded) == 1 and "does not answer" in caplog.text and "answers again" in caplog.text
+    # Without a budget (the CLI, previews): one sentence at once; and no network at all is never waited for.
+    for answer, budget, words in (
+        ("refused", 0, r"does not answer \(refused\)"),
+        (network.NO_NETWORK, 30, "no network"),
+    ):
+        monkeypatch.setattr(network, "why_unreachable", lambda timeout=2.0, a=answer: a)
+        with pytest.raises(DataError, match=words):
+            data._load_hub(source, DataConfig(dataset="anime", data_retry_minutes=budget))
+
+
+def test_retry_while_transient_gives_up_past_its_budget_with_the_last_error():
+    clock = [0.0]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    def down():
+        raise ConnectionRefusedError("refused")
+
+    with pytest.raises(ConnectionRefusedError):
+        network.retry_while_transient(down, 60, "The Hub", clock=lambda: clock[0], sleep=sleep)
+    assert 60 <= clock[0] < 95  # backoff 2, 4, 8, 16, 30, ... capped by what is left
+    with pytest.raises(ValueError):  # not the network's failure: at once
+        network.retry_while_transient(lambda: int("x"), 60, "The Hub", clock=lambda: 0.0, sleep=sleep)
 
 
 def test_hub_probe_sees_a_listening_endpoint(monkeypatch):

@@ -49,6 +49,7 @@ GATED = "alice/gated-faces"
 MISSING = "alice/no-such-faces"
 FLAKY = "alice/faces"  # 24 images: 3 steps an epoch, so the stream opens its file again every 3 steps
 LARGE = "alice/large-faces"  # 48 large JPEGs in one 11 MB file, read in several Range requests: cut mid-file
+START_OUTAGE = 12  # seconds the Hub refuses connections from the first request of its run
 SHORT_OUTAGE, RETRY_MINUTES_OF_LONG = 26, 0.05  # longer than huggingface_hub's own retries (~23 s); past 3 s
 ANIME_ROWS, CELEBA_ROWS_PER_FILE = 400, 150  # 4 row groups in one file; 3 files of 2 row groups
 RESOLUTION = 16
@@ -146,7 +147,9 @@ def hub(tmp_path_factory):
     small_files, small_images = hub_datasets.anime_files(24, seed=7)
     tokens = {ALICE: "alice", BOB: "bob", "hf_carolSECRETtoken": "carol"}
     large_files, _ = hub_datasets.large_photo_files(LARGE)
-    flaky = {name: HubServer(root / f"{name}-server").start() for name in ("short", "long", "mid")}  # one outage each
+    flaky = {
+        name: HubServer(root / f"{name}-server").start() for name in ("short", "long", "mid", "start")
+    }  # one outage each
     for server in flaky.values():
         server.add_dataset(FLAKY, small_files)
     flaky["mid"].add_dataset(LARGE, large_files)
@@ -224,6 +227,8 @@ def runs(hub):
                           "--debug_step_sleep", "0.3", *extra)  # fmt: skip
 
     launch("o_none", flaky_args("o_none"))
+    hub.flaky["start"].outage_at_first_request(START_OUTAGE, "refuse")  # down as the run starts: resolving waits
+    launch("o_start", flaky_args("o_start"), server=hub.flaky["start"])
     # Cut inside the parquet file: the first Range read from its middle starts an outage of SHORT_OUTAGE seconds.
     mid_file = ["--shuffle_buffer", "0", "--checkpointing_steps", "6"]
     launch("o_mid_none", train_args(LARGE, root / "o_mid_none", 12, *mid_file))
@@ -346,11 +351,19 @@ def test_server_faults_for_outage_tests(hub):
             urllib.request.urlopen(infos, timeout=5)
         time.sleep(0.8)
         assert urllib.request.urlopen(infos).status == 200
+        server.outage_at_first_request(0.5, "refuse")
+        with pytest.raises(OSError):  # the next request, whenever it comes, fails and starts the outage
+            urllib.request.urlopen(infos).read()
+        time.sleep(0.2)
+        with pytest.raises(urllib.error.URLError, match="refused"):
+            urllib.request.urlopen(infos, timeout=5)
+        time.sleep(0.8)
+        assert urllib.request.urlopen(infos).status == 200
     finally:
         server.heal()
     assert urllib.request.urlopen(infos).status == 200
     statuses = [entry["status"] for entry in server.log if entry["path"].endswith(("dataset_infos.json", ".parquet"))]
-    assert statuses[-12:] == [503, 429, 200, "drop", "reset", 200, 503, 206, 206, "reset", 200, 200]
+    assert statuses[-14:] == [503, 429, 200, "drop", "reset", 200, 503, 206, 206, "reset", 200, "reset", 200, 200]
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -504,6 +517,14 @@ def test_an_outage_longer_than_the_hubs_own_retries_is_waited_out_with_the_same_
     assert log.count("The data host does not answer") == 1 and "Connection re" in log  # refused or reset
     assert log.count("Still retrying the data host") <= 1  # one line a minute, not one per request and retry
     assert log.count("thrown while requesting") <= 2 and log.count("Retrying in") <= 2
+
+
+def test_a_hub_down_as_the_run_starts_is_waited_for_with_the_same_result(runs):
+    succeeded(runs.o_start)
+    log = runs.o_start.output
+    assert "The Hub (127.0.0.1) does not answer" in log and "answers again after" in log
+    assert same_weights(runs.root / "o_none", runs.root / "o_start")
+    assert step_hashes(runs.root / "o_start-dump") == step_hashes(runs.root / "o_none-dump")
 
 
 def test_an_outage_that_cuts_a_file_in_the_middle_is_waited_out_with_the_same_result(hub, runs):
