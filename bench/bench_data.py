@@ -27,31 +27,15 @@ import numpy as np
 import torch
 from datasets import Dataset
 from datasets import Image as ImageFeature
-from PIL import Image
 
 from anime_ddpm.data import DataConfig, build_dataloader, build_dataset
 from anime_ddpm.models import build_unet
+from tests.hub_datasets import face_like, jpeg
 
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0  # the 5 s pause after a pass is not data loading time
 RESOLUTION = 64
 BATCH = 32
-
-
-def face_like(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    """Smooth colour blobs plus grain: JPEG-compresses and decodes like a photo, not like flat colour or noise."""
-    coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-    image = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.int16)
-    grain = rng.integers(-12, 13, image.shape, dtype=np.int16)
-    return Image.fromarray(np.clip(image + grain, 0, 255).astype(np.uint8))
-
-
-def jpeg_bytes(image: Image.Image) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def make_sources(root: Path, count: int) -> dict[str, str]:
@@ -60,7 +44,7 @@ def make_sources(root: Path, count: int) -> dict[str, str]:
     folder.mkdir()
     for i in range(count):
         face_like(rng, 96, 96).save(folder / f"{i:05d}.jpg", quality=90)
-    celeba = [{"bytes": jpeg_bytes(face_like(rng, 178, 218)), "path": None} for _ in range(count)]  # JPEG as CelebA's
+    celeba = [{"bytes": jpeg(face_like(rng, 178, 218)), "path": None} for _ in range(count)]  # JPEG as CelebA's
     table = Dataset.from_dict({"image": celeba}).cast_column("image", ImageFeature())
     table.to_parquet(str(root / "celeba-like.parquet"), batch_size=256)
     return {"folder, 96 px JPEG": str(folder), "parquet, 178x218 JPEG": str(root / "celeba-like.parquet")}
@@ -136,7 +120,7 @@ def per_image_costs(count: int, rounds: int) -> list[tuple[str, int, float, floa
     shapes = {"anime 64 px JPEG": ((64, 64), None), "CelebA 178x218 JPEG, face crop": ((178, 218), CELEBA_FACE_BOX)}
     rows = []
     for label, (size, box) in shapes.items():
-        payloads = [jpeg_bytes(face_like(rng, *size)) for _ in range(count)]
+        payloads = [jpeg(face_like(rng, *size)) for _ in range(count)]
         for resolution in (64, 32):
             times: dict[bool, list[float]] = {False: [], True: []}
             for r in range(rounds):

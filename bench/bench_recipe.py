@@ -126,6 +126,16 @@ def real_floor(held_out: torch.Tensor) -> dict[str, float]:
     return sliced_wasserstein_distance(real_training_images(32, len(held_out)), held_out)
 
 
+def raw_unet(run_dir: Path):
+    """The weights the optimiser trained, without the EMA: the `unet/` of the run's last checkpoint."""
+    from diffusers import UNet2DModel
+
+    checkpoints = sorted(run_dir.glob("checkpoint-*/unet"), key=lambda p: int(p.parent.name.split("-")[1]))
+    if not checkpoints:
+        sys.exit(f"{run_dir} has no checkpoint with the raw weights: score it with --weights ema.")
+    return UNet2DModel.from_pretrained(checkpoints[-1])
+
+
 def sampler_pipeline(pipe, sampler: str, fast_name: str, fast_steps: int):
     """The pipeline and step count of one `--samplers` entry, over the same UNet."""
     from diffusers import DDIMScheduler, DDPMScheduler
@@ -168,6 +178,9 @@ def main() -> None:
     parser.add_argument("--grid", default=None, help="default: --output-dir/bench_recipe.png")
     parser.add_argument("--grid-columns", type=int, default=12)
     parser.add_argument("--skip-training", action="store_true", help="score the pipelines of an earlier run")
+    parser.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                        help="ema: the saved pipelines; raw: the trained weights without EMA, from each run's last "
+                             "checkpoint (results-raw.json, bench_recipe-raw.png)")  # fmt: skip
     args = parser.parse_args()
 
     recipes = dict(RECIPES)
@@ -235,6 +248,8 @@ def main() -> None:
     samples: dict[tuple[str, str], torch.Tensor] = {}
     for name in names:
         pipe = load_pipeline(str(runs_dir / name), device="cpu")
+        if args.weights == "raw":
+            pipe.unet.load_state_dict(raw_unet(runs_dir / name).state_dict())
         pipe.set_progress_bar_config(disable=True)
         scores[name], levels[name], judged[name] = {}, {}, {}
         for sampler in samplers:
@@ -297,7 +312,8 @@ def main() -> None:
             for name in names for sampler in samplers]  # fmt: skip
     grid = comparison_grid(rows, held_out, min(args.grid_columns, args.num_images),
                            f"{args.minutes:g} min each, 32 px; same seeds per column", len(samplers))  # fmt: skip
-    grid_path = Path(args.grid) if args.grid else output_dir / "bench_recipe.png"
+    suffix = "" if args.weights == "ema" else f"-{args.weights}"
+    grid_path = Path(args.grid) if args.grid else output_dir / f"bench_recipe{suffix}.png"
     grid_path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(grid_path)
 
@@ -313,16 +329,17 @@ def main() -> None:
         "swd_ratio_reference_over": ratios,
         "swd_above_floor_ratio_reference_over": excess_ratios,
         "fast_sampler": f"{fast_name} {fast_steps}",
+        "weights": args.weights,
         "grid": str(grid_path),
     }
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "results.json").write_text(json.dumps(report, indent=2))
+    (output_dir / f"results{suffix}.json").write_text(json.dumps(report, indent=2))
     print("\nSWD x1e3 against the 64 held-out emoji test images (lower is better):\n")
     print(table)
     for name, ratio in ratios.items():
         print(f"reference / {name}: " + ", ".join(f"{sampler_label[s]} {r:.2f}x" for s, r in ratio.items())
               + "; above the floor: " + ", ".join(f"{excess_ratios[name][s]:.1f}x" for s in samplers))  # fmt: skip
-    print(f"\ngrid: {grid_path}; results: {output_dir / 'results.json'}")
+    print(f"\ngrid: {grid_path}; results: {output_dir / f'results{suffix}.json'}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ CELEBA_SIZE = (178, 218)
 
 
 def face_like(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    """Smooth colour blobs plus grain (as bench/bench_data.py): every image distinct, even at 16 px."""
+    """Smooth colour blobs plus grain (bench/bench_data.py uses them too): every image distinct, even at 16 px."""
     coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
     image = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.int16)
     grain = rng.integers(-12, 13, image.shape, dtype=np.int16)

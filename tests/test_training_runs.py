@@ -103,3 +103,18 @@ def read_jsonl(path: Path) -> list[dict]:
     import json
 
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def diffusers_lr_schedule(name: str, warmup_steps: int, total_steps: int, lr: float = 1e-3) -> list[float]:
+    """The LR of each optimiser step under diffusers' scheduler of this name: what a run's logged LRs must equal."""
+    import torch
+    from diffusers.optimization import get_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    schedule = get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+    rates = []
+    for _ in range(total_steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return rates
