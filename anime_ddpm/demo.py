@@ -467,7 +467,11 @@ def launch(demo, host: str | None = None, port: int | None = None, **kwargs: Any
     kwargs.setdefault("theme", theme())
     kwargs.setdefault("css", CSS)
     kwargs.setdefault("footer_links", ["api"])
-    return demo.launch(server_name=host, server_port=port, **kwargs)
+    try:
+        return demo.launch(server_name=host, server_port=port, **kwargs)
+    except KeyboardInterrupt:  # Ctrl+C before gradio's own wait began: its server thread would keep the process alive
+        demo.close()
+        raise
 
 
 # ----------------------------------------------------------------------------------------------------- Space export
