@@ -578,7 +578,9 @@ def test_the_demo_files_go_when_the_server_is_stopped(model_dir, tmp_path, stop)
     _require_gradio()
     tmp, port = tmp_path / "tmp", _free_port()
     command = [sys.executable, "-m", "anime_ddpm.cli", "demo", str(model_dir), "--port", str(port)]
-    server = subprocess.Popen(command, env=_environment(tmp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # As from a terminal: SIGINT at its default (pytest-xdist's workers ignore it, and a child inherits that).
+    server = subprocess.Popen(command, env=_environment(tmp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         deadline = time.monotonic() + 240
         while True:
