@@ -547,9 +547,12 @@ def _load_hub(source: Source, config: DataConfig) -> IterableDataset:
     if reason == network.NO_NETWORK or (reason and not config.data_retry_minutes):
         raise _no_hub_error(source, f"no network connection to {host}" if reason == network.NO_NETWORK else f"{host} does not answer ({reason})")  # fmt: skip
 
+    probes = [reason]  # the first attempt uses the probe just made; each retry probes again
+
     def load() -> IterableDataset:
         # A Hub that is down (refused, no answer, 5xx, 429) as the run starts is waited for, as later in the run.
-        if probe and (still := network.why_unreachable()) is not None:
+        still = probes.pop() if probes else network.why_unreachable() if probe else None
+        if still is not None:
             raise ConnectionError(f"{host} does not answer ({still})")
         return datasets.load_dataset(source.location, config.dataset_config_name, split=config.split,
                                      streaming=streaming, cache_dir=config.cache_dir, token=config.token)  # fmt: skip

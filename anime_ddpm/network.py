@@ -7,6 +7,7 @@ all ask these questions here.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -86,7 +87,7 @@ def why_unreachable(timeout: float = PROBE_TIMEOUT) -> str | None:
         except ConnectionRefusedError:
             result.append("refused")
         except OSError as error:  # ENETUNREACH, EHOSTUNREACH: no route; a timeout: no answer
-            result.append(NO_NETWORK if error.errno in (101, 113) else "no answer")
+            result.append(NO_NETWORK if error.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH) else "no answer")
 
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
