@@ -66,7 +66,10 @@ def differences(saved: dict[str, Any], current: dict[str, Any]) -> str:
     """'--seed 7 (this run: 0), --train_batch_size 4 (this run: 16)' for the settings that differ."""
     names = sorted(set(saved) | set(current))
     changed = [name for name in names if saved.get(name) != current.get(name)]
-    return ", ".join(f"--{name} {saved.get(name)} (this run: {current.get(name)})" for name in changed)
+    # A name only one side has is a setting at its default on the other (config.IDENTITY_WHEN_SET).
+    return ", ".join(
+        f"--{name} {saved.get(name, 'default')} (this run: {current.get(name, 'default')})" for name in changed
+    )
 
 
 # ============================================================================================= the folder's checkpoints

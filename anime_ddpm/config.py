@@ -24,7 +24,7 @@ from diffusers.optimization import TYPE_TO_SCHEDULER_FUNCTION
 
 from .budget import parse_duration
 from .errors import TrainingError
-from .losses import BETA_SCHEDULES, PREDICTION_TYPES
+from .losses import BETA_SCHEDULES, PREDICTION_TYPES, WEIGHTING_SCHEMES
 from .models import PRESETS
 from .schedulers import DEFAULT_STEPS, SCHEDULERS
 
@@ -68,6 +68,9 @@ class ModelOptions:
     ddpm_beta_schedule: str = option("squaredcos_cap_v2", "beta schedule (squaredcos_cap_v2 = cosine)", (*BETA_SCHEDULES, "cosine"))  # fmt: skip
     ddpm_num_inference_steps: int = option(1000, "preview steps when --sample_scheduler is ddpm")
     snr_gamma: float | None = option(None, "min-SNR loss weighting gamma (5 in the paper; default off)")
+    weighting_scheme: str = option("none", "how training timesteps are drawn: none (uniform) or logit_normal (SD3)", WEIGHTING_SCHEMES)  # fmt: skip
+    logit_mean: float = option(0.0, "with logit_normal: mean of the logit of t/T (> 0: more noise)")
+    logit_std: float = option(1.0, "with logit_normal: its standard deviation")
     enable_xformers_memory_efficient_attention: bool = option(False, "xformers attention (needs xformers and a GPU)")
     condition_on_source: bool = option(False, "condition the UNet on each image's source in a mixture")
     class_dropout_prob: float = option(0.1, "with --condition_on_source: label dropout for classifier-free guidance")
@@ -144,12 +147,15 @@ GROUPS = {
     "hub": HubOptions,
     "launch": LaunchOptions,
 }
+# Settings that came after checkpoints existed and change the run: part of its identity only when not at their
+# default, so a checkpoint written before them still resumes with the defaults.
+IDENTITY_WHEN_SET = ("weighting_scheme", "logit_mean", "logit_std")
 # What a checkpoint belongs to: a run resumes only with the same values (checkpoint.py compares them). Limits
 # (steps, time), checkpoints, previews, logging and the Hub may change between resumes; so may --jpeg_draft, which
 # came later (a new name here would disown every earlier checkpoint) and changes pixels by ~3/255 on average.
 RUN_IDENTITY = (
     *(f.name for f in dataclasses.fields(DataOptions) if f.name not in ("dataset_name", "cache_dir", "data_retry_minutes", "jpeg_draft")),
-    *(f.name for f in dataclasses.fields(ModelOptions) if f.name not in ("ddpm_num_inference_steps", "enable_xformers_memory_efficient_attention")),
+    *(f.name for f in dataclasses.fields(ModelOptions) if f.name not in ("ddpm_num_inference_steps", "enable_xformers_memory_efficient_attention", *IDENTITY_WHEN_SET)),
     "train_batch_size",
     "gradient_accumulation_steps",
     "use_ema",
@@ -161,7 +167,7 @@ AT_LEAST_ONE = ("resolution", "train_batch_size", "gradient_accumulation_steps",
                 "num_epochs", "checkpoints_total_limit", "save_images_epochs", "save_model_epochs", "sample_steps")  # fmt: skip
 NOT_NEGATIVE = ("data_retry_minutes", "learning_rate", "lr_warmup_steps", "max_grad_norm", "adam_weight_decay", "dataloader_num_workers",
                 "save_images_steps", "max_nonfinite_steps", "shuffle_buffer")  # fmt: skip
-POSITIVE = ("adam_epsilon", "ema_inv_gamma", "ema_power", "snr_gamma")
+POSITIVE = ("adam_epsilon", "ema_inv_gamma", "ema_power", "snr_gamma", "logit_std")
 UNIT_INTERVAL = ("ema_max_decay", "class_dropout_prob", "adam_beta1", "adam_beta2")
 
 
@@ -204,6 +210,10 @@ class TrainingConfig(LaunchOptions, HubOptions, LoggingOptions, OutputOptions, O
     def run_identity(self, num_processes: int) -> dict[str, Any]:
         """The settings that make a run this run: a checkpoint resumes only into the same ones."""
         identity = {name: getattr(self, name) for name in RUN_IDENTITY}
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        identity.update(
+            {name: getattr(self, name) for name in IDENTITY_WHEN_SET if getattr(self, name) != defaults[name]}
+        )
         identity.update(dataset=self.dataset_spec, num_processes=num_processes)
         return identity
 

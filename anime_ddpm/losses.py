@@ -9,6 +9,8 @@ Papers cited by equation number:
 - Improved DDPM: Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models".
 - v-prediction: Salimans & Ho 2022, "Progressive Distillation for Fast Sampling of Diffusion Models".
 - min-SNR: Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy".
+- logit-normal timesteps: Esser et al. 2024, "Scaling Rectified Flow Transformers for High-Resolution Image
+  Synthesis" (SD3), section 3.1, as diffusers' `compute_density_for_timestep_sampling` draws them.
 
 Agreement with sampling: the learned variance is interpolated exactly as `DDPMScheduler(variance_type=
 "learned_range")._get_variance` does at sampling time: log Sigma_t = frac * log beta_t + (1 - frac) * log beta~_t with
@@ -28,6 +30,7 @@ from typing import Any
 
 import torch
 from diffusers import DDPMScheduler
+from diffusers.training_utils import compute_density_for_timestep_sampling
 from diffusers.utils.torch_utils import randn_tensor
 
 
@@ -35,6 +38,8 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 # The training schedules: all of DDPMScheduler's (sigmoid and laplace reach the other samplers as betas).
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
 BETA_SCHEDULE_ALIASES = {"cosine": "squaredcos_cap_v2"}
+# How training timesteps are drawn: diffusers' SD3 `--weighting_scheme` names ("none": uniform, DDPM algorithm 1).
+WEIGHTING_SCHEMES = ("none", "logit_normal")
 FIXED_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 VARIANCE_TYPES = (*FIXED_VARIANCE_TYPES, "learned_range")
 # Half the width of one of the 256 pixel bins on [-1, 1].
@@ -166,6 +171,24 @@ def min_snr_weight(snr: torch.Tensor, gamma: float, prediction_type: str) -> tor
     if prediction_type == "sample":
         return clipped
     raise ValueError(f"Unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}.")
+
+
+def timestep_probabilities(
+    num_train_timesteps: int, weighting_scheme: str = "none", logit_mean: float = 0.0, logit_std: float = 1.0
+) -> torch.Tensor:
+    """P(t) for t in [0, T) under a weighting scheme, exactly as `t = floor(T * u)` bins the continuous u.
+
+    For logit-normal u = sigmoid(n), n ~ N(mean, std^2), so P(t) = Phi((logit((t+1)/T) - mean) / std)
+    - Phi((logit(t/T) - mean) / std). A positive mean moves the draws to high t (more noise). The loss needs P(t)
+    wherever a term must stay an unbiased estimate of a sum over t (the VLB).
+    """
+    if weighting_scheme == "none":
+        return torch.full((num_train_timesteps,), 1.0 / num_train_timesteps, dtype=torch.float64)
+    if weighting_scheme == "logit_normal":
+        edges = torch.linspace(0.0, 1.0, num_train_timesteps + 1, dtype=torch.float64)
+        cdf = torch.special.ndtr((torch.logit(edges) - logit_mean) / logit_std)  # logit(0) = -inf, logit(1) = inf
+        return cdf[1:] - cdf[:-1]
+    raise ValueError(f"Unknown weighting_scheme {weighting_scheme!r}; choose one of {', '.join(WEIGHTING_SCHEMES)}.")
 
 
 def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -330,7 +353,15 @@ class DiffusionLoss:
     float32.
     """
 
-    def __init__(self, scheduler: DDPMScheduler, snr_gamma: float | None = None, vlb_weight: float = 1e-3):
+    def __init__(
+        self,
+        scheduler: DDPMScheduler,
+        snr_gamma: float | None = None,
+        vlb_weight: float = 1e-3,
+        weighting_scheme: str = "none",
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+    ):
         config = scheduler.config
         self.prediction_type: str = config.get("prediction_type", "epsilon")
         if self.prediction_type not in PREDICTION_TYPES:
@@ -344,17 +375,42 @@ class DiffusionLoss:
             )
         if snr_gamma is not None and snr_gamma <= 0:
             raise ValueError(f"snr_gamma must be positive (5 in Hang et al. 2023), got {snr_gamma}.")
+        if weighting_scheme not in WEIGHTING_SCHEMES:
+            raise ValueError(
+                f"Unknown weighting_scheme {weighting_scheme!r}; choose one of {', '.join(WEIGHTING_SCHEMES)}."
+            )
+        if not logit_std > 0:
+            raise ValueError(f"logit_std must be positive (1.0 in SD3), got {logit_std}.")
         self.scheduler = scheduler
         self.schedule = DiffusionSchedule.from_scheduler(scheduler)
         self.num_train_timesteps = len(self.schedule)
         self.learned_variance = learns_variance(scheduler)
         self.snr_gamma = snr_gamma
         self.vlb_weight = vlb_weight
+        self.weighting_scheme = weighting_scheme
+        self.logit_mean = float(logit_mean)
+        self.logit_std = float(logit_std)
+        self.timestep_probabilities = timestep_probabilities(
+            self.num_train_timesteps, weighting_scheme, self.logit_mean, self.logit_std
+        )
+        # 1 / P(t) in float64 first, so that uniform timesteps weigh exactly T.
+        self._inverse_timestep_probabilities = (1.0 / self.timestep_probabilities).to(torch.float32)
 
     def sample_timesteps(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None):
-        """Timesteps uniform on [0, T) (DDPM algorithm 1)."""
+        """Timesteps uniform on [0, T) (DDPM algorithm 1), or floor(T u) with u logit-normal (SD3's sampling)."""
         sample_device = generator.device if generator is not None else device
-        t = torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator, device=sample_device)
+        if self.weighting_scheme == "none":
+            t = torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator, device=sample_device)
+        else:
+            u = compute_density_for_timestep_sampling(
+                self.weighting_scheme,
+                batch_size,
+                logit_mean=self.logit_mean,
+                logit_std=self.logit_std,
+                device=sample_device,
+                generator=generator,
+            )
+            t = (u * self.num_train_timesteps).long().clamp(max=self.num_train_timesteps - 1)
         return t.to(device)
 
     def __call__(
@@ -407,12 +463,15 @@ class DiffusionLoss:
         vlb_estimate = None
         if self.learned_variance:
             vlb = self.vlb_terms(prediction, variance_output, x0, x_t, t)
-            # L_vlb = sum_t L_t, estimated by T * L_t at the sampled t (Improved DDPM eq. 4-6, 16); with lambda = 1e-3
-            # this is improved-diffusion's `vb * num_timesteps / 1000`.
-            loss = loss + self.vlb_weight * self.num_train_timesteps * vlb.mean()
+            # L_vlb = sum_t L_t, estimated by L_t / P(t) at the sampled t: T * L_t when t is uniform (Improved DDPM
+            # eq. 4-6, 16; with lambda = 1e-3 improved-diffusion's `vb * num_timesteps / 1000`), importance-weighted
+            # under another weighting scheme so that the variance is still trained on the VLB itself.
+            inverse_probability = self._inverse_timestep_probabilities.to(t.device)[t.long()]
+            vlb_sum = inverse_probability * vlb
+            loss = loss + self.vlb_weight * vlb_sum.mean()
             # For the logs, the whole negative ELBO in bits/dim: add the constant prior term L_T.
             prior = self.schedule.prior_bits_per_dim(x0)
-            vlb_estimate = (self.num_train_timesteps * vlb + prior).mean().detach()
+            vlb_estimate = (vlb_sum + prior).mean().detach()
 
         return LossOutput(loss=loss, simple=squared_error.mean().detach(), vlb_bits_per_dim=vlb_estimate)
 

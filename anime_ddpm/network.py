@@ -95,29 +95,61 @@ def why_unreachable(timeout: float = PROBE_TIMEOUT) -> str | None:
     return result[0] if result else "no answer"
 
 
+class OutageWait:
+    """Waiting out one network outage: pauses of 1, 2, 4 ... 30 s for up to `budget` seconds from `started`, one
+    line as it begins and about one a minute after. The stream's opening (`retry_while_transient`) and the mid-run
+    reopen (`state.Batches`) both wait with it, so they back off and speak alike."""
+
+    MAX_PAUSE = 30.0
+
+    def __init__(self, budget: float, started: float | None = None, clock=time.monotonic, sleep=time.sleep):
+        self.budget, self.clock, self.sleep = budget, clock, sleep
+        self.started = clock() if started is None else started
+        self.failures = 0
+        self._said_at = 0.0
+
+    @property
+    def seconds(self) -> float:
+        """How long the outage has lasted so far."""
+        return self.clock() - self.started
+
+    def exhausted(self) -> bool:
+        return self.seconds >= self.budget
+
+    def pause(self, warn, first: str, again) -> None:
+        """Sleep the next backoff; warn(first) at the first failure, then warn(again(seconds so far)) once a minute."""
+        outage = self.seconds
+        self.failures += 1
+        pause = min(self.MAX_PAUSE, 2.0 ** (self.failures - 1), max(0.1, self.budget - outage))
+        if self.failures == 1:
+            warn(first)
+        elif outage + pause - self._said_at >= 60:
+            self._said_at = outage + pause
+            warn(again(outage + pause))
+        self.sleep(pause)
+
+
 def retry_while_transient(call, retry_seconds: float, what: str, clock=time.monotonic, sleep=time.sleep):
-    """`call()`, again with backoff (2, 4, ... 30 s) while it fails with a network failure (`is_transient`), for up to
-    `retry_seconds`; then its last error. One line when the waiting starts, then one a minute."""
-    start, failures, said = clock(), 0, 0.0
+    """`call()`, again with backoff while it fails with a network failure (`is_transient`), for up to
+    `retry_seconds`; then its last error."""
+    wait = OutageWait(retry_seconds, clock=clock, sleep=sleep)
     while True:
         try:
             result = call()
         except Exception as error:
-            waited = clock() - start
-            if not retry_seconds or not is_transient(error) or waited >= retry_seconds:
+            if not retry_seconds or not is_transient(error) or wait.exhausted():
                 raise
-            failures += 1
-            if failures == 1 or waited - said >= 60:
-                said = waited
-                if failures == 1:
-                    logger.warning(f"{what} does not answer ({error}); waiting for it up to "
-                                   f"{format_duration(retry_seconds)} (--data_retry_minutes).")  # fmt: skip
-                else:
-                    logger.warning(f"{what} still does not answer ({error}): {format_duration(waited)} so far.")
-            sleep(min(2.0**failures, 30.0, max(0.1, retry_seconds - waited)))
+            wait.pause(
+                logger.warning,
+                f"{what} does not answer ({error}); waiting for it up to {format_duration(retry_seconds)} "
+                "(--data_retry_minutes).",
+                lambda seconds, error=error: (
+                    f"{what} still does not answer ({error}): {format_duration(seconds)} so far."
+                ),
+            )
             continue
-        if failures:
-            logger.warning(f"{what} answers again after {clock() - start:.0f} s.")
+        if wait.failures:
+            logger.warning(f"{what} answers again after {wait.seconds:.0f} s.")
         return result
 
 

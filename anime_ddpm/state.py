@@ -247,7 +247,14 @@ def build_objective(config: TrainingConfig) -> tuple[Any, losses.DiffusionLoss]:
         )
     except ValueError as error:
         raise TrainingError(str(error)) from None
-    return noise_scheduler, losses.DiffusionLoss(noise_scheduler, snr_gamma=config.snr_gamma)
+    objective = losses.DiffusionLoss(
+        noise_scheduler,
+        snr_gamma=config.snr_gamma,
+        weighting_scheme=config.weighting_scheme,
+        logit_mean=config.logit_mean,
+        logit_std=config.logit_std,
+    )
+    return noise_scheduler, objective
 
 
 def build_lr_scheduler(config: TrainingConfig, optimizer: torch.optim.Optimizer, max_train_steps: int | None,
@@ -329,21 +336,29 @@ class Batches:
         self.loader.set_epoch(epoch)
 
     def __next__(self) -> dict[str, torch.Tensor]:
-        last_success, failures = self._clock(), 0
+        wait = network.OutageWait(self.retry_seconds, clock=self._clock, sleep=self._sleep)
         while True:
             try:
                 batch = self._next_batch()
             except Exception as error:
                 if isinstance(error, TrainingError) or not self.retry_seconds or not network.is_transient(error):
                     raise
-                failures += 1
-                self._wait(error, self._clock() - last_success, failures)
+                reason = first_line(error, 160)
+                if wait.exhausted():
+                    raise DataOutage(f"The training data has been unreachable for {format_duration(wait.seconds)} ({reason})") from error  # fmt: skip
+                wait.pause(
+                    rank_logger.warning,
+                    f"The training data stream failed ({reason}): waiting for it to come back, for up to "
+                    f"{format_duration(self.retry_seconds)} (--data_retry_minutes).",
+                    lambda seconds, reason=reason: (
+                        f"Still waiting for the training data ({reason}): {format_duration(seconds)} so far."
+                    ),  # fmt: skip
+                )
                 self._reopen()
                 continue
-            if failures:
-                waited = self._clock() - last_success
-                self.waited_seconds += waited
-                rank_logger.warning(f"The training data is back after {format_duration(waited)}; training goes on from the same position.")  # fmt: skip
+            if wait.failures:
+                self.waited_seconds += wait.seconds
+                rank_logger.warning(f"The training data is back after {format_duration(wait.seconds)}; training goes on from the same position.")  # fmt: skip
             self._delivered = self.state_now()
             return batch
 
@@ -360,20 +375,6 @@ class Batches:
                 return next(self._iterator)
             except StopIteration:
                 raise TrainingError("The dataset yielded no images.", exit_code=1) from None
-
-    def _wait(self, error: BaseException, outage: float, failures: int) -> None:
-        reason = first_line(error, 160)
-        if outage >= self.retry_seconds:
-            raise DataOutage(f"The training data has been unreachable for {format_duration(outage)} ({reason})")
-        pause = min(60.0, 2.0 ** (failures - 1), self.retry_seconds - outage)
-        if failures == 1:
-            rank_logger.warning(
-                f"The training data stream failed ({reason}): waiting for it to come back, for up to "
-                f"{format_duration(self.retry_seconds)} (--data_retry_minutes)."
-            )
-        elif int(outage // 60) != int((outage + pause) // 60):  # about once a minute
-            rank_logger.warning(f"Still waiting for the training data ({reason}): {format_duration(outage + pause)} so far.")  # fmt: skip
-        self._sleep(pause)
 
     def _reopen(self) -> None:
         """A fresh iterator at the position of the last batch handed out (the epoch's start if none was)."""

@@ -333,6 +333,8 @@ def card_info(config: TrainingConfig, summary: dict[str, Any], state: TrainingSt
         loss = f"L_simple (MSE of the {config.prediction_type} target)"
     if config.snr_gamma:
         loss += f", min-SNR-{config.snr_gamma:g} weighted"
+    if config.weighting_scheme == "logit_normal":
+        loss += f", timesteps logit-normal (mean {config.logit_mean:g}, std {config.logit_std:g})"
     dataset = config.dataset_spec or (config.train_data_dir and f"local folder {config.train_data_dir}") or "emoji"
     world_size = summary["num_processes"]
     info = dict(

@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 
 from anime_ddpm import checkpoint, rundir
 from anime_ddpm.checkpoint import Checkpointer, InvalidCheckpoint
+from anime_ddpm.config import IDENTITY_WHEN_SET, TrainingConfig
 from anime_ddpm.errors import TrainingError
 from tests.test_training_runs import TINY, start, wait_for
 
@@ -102,6 +103,23 @@ def test_a_checkpoint_of_another_run_is_refused_naming_what_differs(tmp_path):
     with pytest.raises(TrainingError) as error:
         checkpoint.check_belongs(str(path), manifest, RUN)
     assert "belongs to another run: --seed 7 (this run: 0), --train_batch_size 16 (this run: 4)" in str(error.value)
+
+
+def test_settings_added_later_keep_earlier_checkpoints_resumable_and_a_changed_one_is_refused(tmp_path):
+    """--weighting_scheme came after checkpoints existed: at its default it is not in the identity (a checkpoint of an
+    earlier version, whose manifest does not name it, still belongs to the run); set, it is, and a resume that changes
+    it is refused with the setting named."""
+    default = TrainingConfig().run_identity(1)
+    assert not set(IDENTITY_WHEN_SET) & set(default)
+    path = fake_checkpoint(tmp_path, 5, run=default)
+    manifest = checkpoint.verify(path)
+    checkpoint.check_belongs(str(path), manifest, TrainingConfig().run_identity(1))
+    shifted = TrainingConfig(weighting_scheme="logit_normal", logit_mean=0.5).run_identity(1)
+    with pytest.raises(TrainingError) as error:
+        checkpoint.check_belongs(str(path), manifest, shifted)
+    assert "--logit_mean default (this run: 0.5), --weighting_scheme default (this run: logit_normal)" in str(
+        error.value
+    )
 
 
 def test_rotation_deletes_only_this_runs_oldest_checkpoints(tmp_path):

@@ -18,6 +18,7 @@ from anime_ddpm.losses import (
     min_snr_weight,
     model_out_channels,
     sampling_scheduler,
+    timestep_probabilities,
 )
 
 
@@ -148,6 +149,61 @@ def test_timesteps_are_uniform_on_zero_to_T():
     t = loss.sample_timesteps(5000, torch.device("cpu"), torch.Generator().manual_seed(0))
     counts = torch.bincount(t, minlength=10)
     assert len(counts) == 10 and counts.min() > 400  # every t in [0, T) is drawn, none outside
+
+
+@pytest.mark.parametrize("logit_mean", [0.0, 0.5])
+def test_logit_normal_timesteps_follow_sd3s_density_and_the_stated_probabilities(logit_mean):
+    """t = floor(T u), u = sigmoid(N(mean, 1)): the draws match P(t) bin by bin, and P(t) is the logit-normal's mass
+    over [t/T, (t+1)/T) integrated here numerically from its density (SD3, Esser et al. 2024, eq. 19)."""
+    T = 20
+    loss = DiffusionLoss(make_noise_scheduler(num_train_timesteps=T), weighting_scheme="logit_normal",
+                         logit_mean=logit_mean)  # fmt: skip
+    u = torch.linspace(0, 1, 200_001, dtype=torch.float64)[1:-1]
+    density = torch.exp(-((torch.logit(u) - logit_mean) ** 2) / 2) / (math.sqrt(2 * math.pi) * u * (1 - u))
+    numeric = torch.stack([torch.trapezoid(density[(u >= t / T) & (u <= (t + 1) / T)],
+                                           u[(u >= t / T) & (u <= (t + 1) / T)]) for t in range(T)])  # fmt: skip
+    torch.testing.assert_close(loss.timestep_probabilities, numeric, atol=2e-4, rtol=0)
+    assert loss.timestep_probabilities.sum().item() == pytest.approx(1.0, abs=1e-12)
+
+    n = 200_000
+    t = loss.sample_timesteps(n, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert t.min() >= 0 and t.max() < T
+    observed = torch.bincount(t, minlength=T).double() / n
+    standard_error = (loss.timestep_probabilities * (1 - loss.timestep_probabilities) / n).sqrt()
+    assert ((observed - loss.timestep_probabilities).abs() <= 4 * standard_error + 1e-6).all()
+    # A positive mean moves the draws to the noisy half: P(t >= T/2) = Phi(mean).
+    assert (t >= T // 2).double().mean().item() == pytest.approx(
+        0.5 * (1 + math.erf(logit_mean / math.sqrt(2))), abs=0.005
+    )
+
+
+def test_uniform_timestep_probabilities_and_bad_schemes():
+    torch.testing.assert_close(timestep_probabilities(8), torch.full((8,), 1 / 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="weighting_scheme"):
+        DiffusionLoss(make_noise_scheduler(), weighting_scheme="cosmap")
+    with pytest.raises(ValueError, match="logit_std must be positive"):
+        DiffusionLoss(make_noise_scheduler(), weighting_scheme="logit_normal", logit_std=0.0)
+
+
+def test_vlb_estimate_stays_unbiased_when_timesteps_are_not_uniform():
+    """Under logit-normal timesteps the VLB term is importance-weighted, L_t / P(t): its expectation over the
+    sampler's P(t), taken exactly by enumerating t, is the same sum over t as the uniform estimate's T L_t."""
+    T = 12
+    scheduler = make_noise_scheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2",
+                                     variance_type="learned_range")  # fmt: skip
+    uniform = DiffusionLoss(scheduler)
+    shifted = DiffusionLoss(scheduler, weighting_scheme="logit_normal", logit_mean=0.5)
+    x0, noise = images(shape=(1, 3, 4, 4)), gaussian(1, shape=(1, 3, 4, 4))
+    model = OracleModel(torch.cat([gaussian(2, (1, 3, 4, 4)), gaussian(3, (1, 3, 4, 4)).tanh()], dim=1))
+
+    def estimate(objective, t):
+        return objective(model, x0, timesteps=torch.tensor([t]), noise=noise).vlb_bits_per_dim.double()
+
+    exact = sum(estimate(uniform, t) for t in range(T)) / T  # E over uniform t of (T L_t + L_T) = sum_t L_t + L_T
+    expected = sum(shifted.timestep_probabilities[t] * estimate(shifted, t) for t in range(T))
+    torch.testing.assert_close(expected, exact, rtol=1e-5, atol=0)
+    # The weights differ per t (rare t weigh more), so this is not the uniform estimate relabelled.
+    assert not torch.isclose(estimate(shifted, 0), estimate(uniform, 0))
 
 
 # ------------------------------------------------------------------------------------------------ targets

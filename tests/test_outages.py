@@ -174,3 +174,37 @@ def test_retry_warnings_of_an_outage_are_one_line_then_one_a_minute():
     assert said("Something else entirely.") == "Something else entirely."
     time.now = 1000  # a new outage later is announced again
     assert said("Retrying in 1s [Retry 1/5].").startswith("The data host does not answer")
+
+
+def test_the_stream_opening_and_the_mid_run_reopen_wait_alike(caplog):
+    """One backoff for both waits (network.OutageWait): 1, 2, 4 ... 30 s, one line as the outage begins and then about
+    one a minute, whether the Hub fails as the stream opens or mid-run."""
+    outage = 10 * 60
+    mid_run = FakeTime()
+    loader = FlakyLoader(5, mid_run, lambda now, index: index == 1 and now < outage)
+    batches = Batches(loader, retry_seconds=1800, clock=mid_run.clock, sleep=mid_run.sleep)
+    with caplog.at_level("WARNING"):
+        take(batches, 3)
+    mid_run_lines = [r.message for r in caplog.records if "training data" in r.message]
+    caplog.clear()
+
+    opening = FakeTime()
+
+    def open_stream():
+        if opening.now < outage:
+            raise ConnectionRefusedError("[Errno 111] Connection refused")
+        return "the stream"
+
+    with caplog.at_level("WARNING"):
+        assert (
+            network.retry_while_transient(open_stream, 1800, "The Hub", opening.clock, opening.sleep) == "the stream"
+        )
+    opening_lines = [r.message for r in caplog.records if "The Hub" in r.message]
+
+    assert mid_run.sleeps == opening.sleeps
+    assert mid_run.sleeps[:6] == [1, 2, 4, 8, 16, 30] and set(mid_run.sleeps[6:]) == {30}
+    # A start line, a line about every minute of the 10, and the end: never one per retry (there are ~25).
+    for lines in (mid_run_lines, opening_lines):
+        assert 9 <= len(lines) <= 12 < len(mid_run.sleeps)
+    assert "waiting for it" in opening_lines[0] and opening_lines[-1] == "The Hub answers again after 601 s."
+    assert "waiting for it" in mid_run_lines[0] and "back after" in mid_run_lines[-1]
