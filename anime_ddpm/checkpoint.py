@@ -37,6 +37,7 @@ from accelerate.utils import load as accelerate_load
 from diffusers import UNet2DModel
 from diffusers.training_utils import EMAModel
 
+from .config import IDENTITY_WHEN_SET
 from .errors import TrainingError, first_line
 
 
@@ -66,10 +67,12 @@ def differences(saved: dict[str, Any], current: dict[str, Any]) -> str:
     """'--seed 7 (this run: 0), --train_batch_size 4 (this run: 16)' for the settings that differ."""
     names = sorted(set(saved) | set(current))
     changed = [name for name in names if saved.get(name) != current.get(name)]
-    # A name only one side has is a setting at its default on the other (config.IDENTITY_WHEN_SET).
-    return ", ".join(
-        f"--{name} {saved.get(name, 'default')} (this run: {current.get(name, 'default')})" for name in changed
-    )
+
+    # A name only one side has is, on the other, at the value runs had before it existed (config.IDENTITY_WHEN_SET).
+    def value(identity: dict[str, Any], name: str) -> Any:
+        return identity.get(name, IDENTITY_WHEN_SET.get(name))
+
+    return ", ".join(f"--{name} {value(saved, name)} (this run: {value(current, name)})" for name in changed)
 
 
 # ============================================================================================= the folder's checkpoints

@@ -147,9 +147,10 @@ GROUPS = {
     "hub": HubOptions,
     "launch": LaunchOptions,
 }
-# Settings that came after checkpoints existed and change the run: part of its identity only when not at their
-# default, so a checkpoint written before them still resumes with the defaults.
-IDENTITY_WHEN_SET = ("weighting_scheme", "logit_mean", "logit_std")
+# Settings that came after checkpoints existed and change the run, with the value every earlier run had: part of the
+# identity only when they differ from it, so a checkpoint written before them still resumes (and still refuses a run
+# that changes them, whatever the defaults become).
+IDENTITY_WHEN_SET = {"weighting_scheme": "none", "logit_mean": 0.0, "logit_std": 1.0}
 # What a checkpoint belongs to: a run resumes only with the same values (checkpoint.py compares them). Limits
 # (steps, time), checkpoints, previews, logging and the Hub may change between resumes; so may --jpeg_draft, which
 # came later (a new name here would disown every earlier checkpoint) and changes pixels by ~3/255 on average.
@@ -210,10 +211,7 @@ class TrainingConfig(LaunchOptions, HubOptions, LoggingOptions, OutputOptions, O
     def run_identity(self, num_processes: int) -> dict[str, Any]:
         """The settings that make a run this run: a checkpoint resumes only into the same ones."""
         identity = {name: getattr(self, name) for name in RUN_IDENTITY}
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        identity.update(
-            {name: getattr(self, name) for name in IDENTITY_WHEN_SET if getattr(self, name) != defaults[name]}
-        )
+        identity.update({name: getattr(self, name) for name, earlier in IDENTITY_WHEN_SET.items() if getattr(self, name) != earlier})  # fmt: skip
         identity.update(dataset=self.dataset_spec, num_processes=num_processes)
         return identity
 

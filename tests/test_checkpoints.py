@@ -117,9 +117,10 @@ def test_settings_added_later_keep_earlier_checkpoints_resumable_and_a_changed_o
     shifted = TrainingConfig(weighting_scheme="logit_normal", logit_mean=0.5).run_identity(1)
     with pytest.raises(TrainingError) as error:
         checkpoint.check_belongs(str(path), manifest, shifted)
-    assert "--logit_mean default (this run: 0.5), --weighting_scheme default (this run: logit_normal)" in str(
-        error.value
-    )
+    assert "--logit_mean 0.0 (this run: 0.5), --weighting_scheme none (this run: logit_normal)" in str(error.value)
+    # Whatever the defaults become, the earlier runs' values stay the ones a checkpoint without the names holds.
+    uniform = TrainingConfig(weighting_scheme="none", logit_mean=0.0, logit_std=1.0).run_identity(1)
+    checkpoint.check_belongs(str(path), manifest, uniform)
 
 
 def test_rotation_deletes_only_this_runs_oldest_checkpoints(tmp_path):
