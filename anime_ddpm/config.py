@@ -68,8 +68,8 @@ class ModelOptions:
     ddpm_beta_schedule: str = option("squaredcos_cap_v2", "beta schedule (squaredcos_cap_v2 = cosine)", (*BETA_SCHEDULES, "cosine"))  # fmt: skip
     ddpm_num_inference_steps: int = option(1000, "preview steps when --sample_scheduler is ddpm")
     snr_gamma: float | None = option(None, "min-SNR loss weighting gamma (5 in the paper; default off)")
-    weighting_scheme: str = option("none", "how training timesteps are drawn: none (uniform) or logit_normal (SD3)", WEIGHTING_SCHEMES)  # fmt: skip
-    logit_mean: float = option(0.0, "with logit_normal: mean of the logit of t/T (> 0: more noise)")
+    weighting_scheme: str = option("logit_normal", "how training timesteps are drawn: logit_normal (SD3) or none (uniform)", WEIGHTING_SCHEMES)  # fmt: skip
+    logit_mean: float = option(0.5, "with logit_normal: mean of the logit of t/T (> 0: more noise; 0 in SD3)")
     logit_std: float = option(1.0, "with logit_normal: its standard deviation")
     enable_xformers_memory_efficient_attention: bool = option(False, "xformers attention (needs xformers and a GPU)")
     condition_on_source: bool = option(False, "condition the UNet on each image's source in a mixture")

@@ -40,7 +40,16 @@ CONFIGS: dict[str, dict] = {
     "a": {
         "label": "(a) linear, fixed_small, epsilon, L_simple",
         "short": "(a) linear/fixed",
-        "flags": ["--ddpm_beta_schedule", "linear", "--variance_type", "fixed_small", "--prediction_type", "epsilon"],
+        "flags": [
+            "--ddpm_beta_schedule",
+            "linear",
+            "--variance_type",
+            "fixed_small",
+            "--prediction_type",
+            "epsilon",
+            "--weighting_scheme",
+            "none",
+        ],  # fmt: skip
     },
     "b": {
         "label": "(b) cosine, learned_range, epsilon, hybrid loss",
@@ -52,6 +61,8 @@ CONFIGS: dict[str, dict] = {
             "learned_range",
             "--prediction_type",
             "epsilon",
+            "--weighting_scheme",
+            "none",
         ],  # fmt: skip
     },
 }

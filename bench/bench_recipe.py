@@ -76,6 +76,7 @@ REFERENCE_FLAGS = [
     "--mixed_precision", "no",
     "--max_grad_norm", "1.0",
     "--variance_type", "fixed_small",
+    "--weighting_scheme", "none",
     "--no-center_crop", "--no-random_flip",
 ]  # fmt: skip
 RECIPES: dict[str, dict] = {

@@ -106,21 +106,26 @@ def test_a_checkpoint_of_another_run_is_refused_naming_what_differs(tmp_path):
 
 
 def test_settings_added_later_keep_earlier_checkpoints_resumable_and_a_changed_one_is_refused(tmp_path):
-    """--weighting_scheme came after checkpoints existed: at its default it is not in the identity (a checkpoint of an
-    earlier version, whose manifest does not name it, still belongs to the run); set, it is, and a resume that changes
-    it is refused with the setting named."""
-    default = TrainingConfig().run_identity(1)
-    assert not set(IDENTITY_WHEN_SET) & set(default)
-    path = fake_checkpoint(tmp_path, 5, run=default)
-    manifest = checkpoint.verify(path)
-    checkpoint.check_belongs(str(path), manifest, TrainingConfig().run_identity(1))
-    shifted = TrainingConfig(weighting_scheme="logit_normal", logit_mean=0.5).run_identity(1)
-    with pytest.raises(TrainingError) as error:
-        checkpoint.check_belongs(str(path), manifest, shifted)
-    assert "--logit_mean 0.0 (this run: 0.5), --weighting_scheme none (this run: logit_normal)" in str(error.value)
-    # Whatever the defaults become, the earlier runs' values stay the ones a checkpoint without the names holds.
+    """--weighting_scheme came after checkpoints existed: a checkpoint of an earlier version, whose manifest does not
+    name it, holds the value runs had then (uniform); it resumes with that value and refuses today's default
+    (logit-normal) with the settings to pass named. At the value runs had then, the names stay out of the identity."""
     uniform = TrainingConfig(weighting_scheme="none", logit_mean=0.0, logit_std=1.0).run_identity(1)
-    checkpoint.check_belongs(str(path), manifest, uniform)
+    assert not set(IDENTITY_WHEN_SET) & set(uniform)
+    earlier = fake_checkpoint(tmp_path / "earlier", 5, run=uniform)
+    manifest = checkpoint.verify(earlier)
+    checkpoint.check_belongs(str(earlier), manifest, uniform)
+    with pytest.raises(TrainingError) as error:
+        checkpoint.check_belongs(str(earlier), manifest, TrainingConfig().run_identity(1))
+    assert "--logit_mean 0.0 (this run: 0.5), --weighting_scheme none (this run: logit_normal)" in str(error.value)
+    # Today's default is in the identity, so its checkpoints refuse a uniform resume the same way.
+    default = TrainingConfig().run_identity(1)
+    assert default["weighting_scheme"] == "logit_normal" and "logit_std" not in default
+    current = fake_checkpoint(tmp_path / "current", 5, run=default)
+    manifest = checkpoint.verify(current)
+    checkpoint.check_belongs(str(current), manifest, TrainingConfig().run_identity(1))
+    with pytest.raises(TrainingError) as error:
+        checkpoint.check_belongs(str(current), manifest, uniform)
+    assert "--logit_mean 0.5 (this run: 0.0), --weighting_scheme logit_normal (this run: none)" in str(error.value)
 
 
 def test_rotation_deletes_only_this_runs_oldest_checkpoints(tmp_path):
