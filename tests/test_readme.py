@@ -487,7 +487,8 @@ class Runner:
             process = subprocess.Popen(["bash", "-c", script], cwd=job.folder, env=env, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True)  # fmt: skip
             served = False
-            while time.monotonic() - start < 120 and process.poll() is None:
+            # From its own start, not from the wait for a slot (a busy machine once spent the 120 s waiting).
+            while time.monotonic() - began < 120 and process.poll() is None:
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
                         served = response.status == 200
