@@ -211,7 +211,11 @@ class TrainingConfig(LaunchOptions, HubOptions, LoggingOptions, OutputOptions, O
     def run_identity(self, num_processes: int) -> dict[str, Any]:
         """The settings that make a run this run: a checkpoint resumes only into the same ones."""
         identity = {name: getattr(self, name) for name in RUN_IDENTITY}
-        identity.update({name: getattr(self, name) for name, earlier in IDENTITY_WHEN_SET.items() if getattr(self, name) != earlier})  # fmt: skip
+        # The logit-normal parameters shape nothing when timesteps are uniform: a uniform run is one run whatever they are.
+        effective = {name: getattr(self, name) for name in IDENTITY_WHEN_SET}
+        if self.weighting_scheme != "logit_normal":
+            effective.update(logit_mean=IDENTITY_WHEN_SET["logit_mean"], logit_std=IDENTITY_WHEN_SET["logit_std"])
+        identity.update({name: value for name, value in effective.items() if value != IDENTITY_WHEN_SET[name]})
         identity.update(dataset=self.dataset_spec, num_processes=num_processes)
         return identity
 

@@ -114,6 +114,8 @@ def test_settings_added_later_keep_earlier_checkpoints_resumable_and_a_changed_o
     earlier = fake_checkpoint(tmp_path / "earlier", 5, run=uniform)
     manifest = checkpoint.verify(earlier)
     checkpoint.check_belongs(str(earlier), manifest, uniform)
+    # --weighting_scheme none alone continues it: the logit-normal mean (0.5 by default) does not shape a uniform run.
+    checkpoint.check_belongs(str(earlier), manifest, TrainingConfig(weighting_scheme="none").run_identity(1))
     with pytest.raises(TrainingError) as error:
         checkpoint.check_belongs(str(earlier), manifest, TrainingConfig().run_identity(1))
     assert "--logit_mean 0.0 (this run: 0.5), --weighting_scheme none (this run: logit_normal)" in str(error.value)
