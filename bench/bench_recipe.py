@@ -1,6 +1,6 @@
 """The default recipe against diffusers' example at equal wall-clock time.
 
-Trains at 32 px on the embedded emoji faces, for the same `--max_train_time` budget and at the same time (one
+Trains at 32 px (or `--resolution`) on the embedded emoji faces, for the same `--max_train_time` budget and at the same time (one
 process per recipe, one thread each, so both see the same machine load), each through a real
 `accelerate launch train_with_accelerate.py` subprocess:
   reference  diffusers' examples/unconditional_image_generation/train_unconditional.py as it is: epsilon target,
@@ -85,24 +85,24 @@ RECIPES: dict[str, dict] = {
 }
 
 
-def reference_unet_config(path: Path) -> Path:
+def reference_unet_config(path: Path, resolution: int) -> Path:
     """Our default UNet's widths and blocks with UNet2DModel's default attention_head_dim=8, as the example has."""
     from anime_ddpm.config import TrainingConfig
     from anime_ddpm.models import unet_config
 
-    defaults = TrainingConfig()
-    config = unet_config(defaults.model, defaults.resolution)
+    config = unet_config(TrainingConfig().model, resolution)
     config["attention_head_dim"] = 8
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config, indent=2))
     return path
 
 
-def launch(name: str, flags: list[str], run_dir: Path, minutes: float, seed: int) -> subprocess.Popen:
+def launch(name: str, flags: list[str], run_dir: Path, minutes: float, seed: int, resolution: int) -> subprocess.Popen:
     command = [
         *accelerate_launch(),
         str(ROOT / "train_with_accelerate.py"),
         *flags,
+        "--resolution", str(resolution),
         "--max_train_time", f"{minutes}m",
         "--seed", str(seed),
         "--output_dir", str(run_dir),
@@ -124,7 +124,7 @@ def real_floor(held_out: torch.Tensor) -> dict[str, float]:
     """SWD of 64 real training images (spread over the split) to the held-out ones: what a perfect model scores."""
     from anime_ddpm.metrics import sliced_wasserstein_distance
 
-    return sliced_wasserstein_distance(real_training_images(32, len(held_out)), held_out)
+    return sliced_wasserstein_distance(real_training_images(held_out.shape[-1], len(held_out)), held_out)
 
 
 def raw_unet(run_dir: Path):
@@ -165,6 +165,8 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2, help="training runs at once (one thread each)")
     parser.add_argument("--samplers", default="ddpm,fast",
                         help="ddpm: 1000 DDPM steps; fast: the default sampler; also ddpm-large, ddpm-noclip, ddim")  # fmt: skip
+    parser.add_argument("--resolution", type=int, default=32,
+                        help="training and judging size, for every recipe (the emoji render at any size)")  # fmt: skip
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="training seed (one run per recipe)")
     parser.add_argument("--seeds", help="comma-separated training seeds: one run per recipe and seed, mean and spread")
@@ -204,12 +206,16 @@ def main() -> None:
     samplers = [s.strip() for s in args.samplers.split(",")]
     output_dir = Path(args.output_dir).resolve()
     runs_dir = output_dir / "runs"
-    reference_unet = reference_unet_config(output_dir / "reference_unet" / "config.json")
+    reference_unet = reference_unet_config(output_dir / "reference_unet" / "config.json", args.resolution)
 
     # ------------------------------------------------------------------------- train, `parallel` at a time
     training: dict[str, dict] = {}
     if args.skip_training:
-        training = json.loads((output_dir / "results.json").read_text())["training"]
+        earlier = json.loads((output_dir / "results.json").read_text())
+        if earlier.get("resolution", 32) != args.resolution:
+            sys.exit(f"The runs in {output_dir} were trained at {earlier.get('resolution', 32)} px: "
+                     f"score them with --resolution {earlier.get('resolution', 32)}.")  # fmt: skip
+        training = earlier["training"]
     else:
         queue = list(names)
         running: list[tuple[str, subprocess.Popen, Path]] = []
@@ -217,7 +223,7 @@ def main() -> None:
             while queue and len(running) < args.parallel:
                 name = queue.pop(0)
                 flags = [f.format(reference_unet=reference_unet.parent) for f in recipes[name]["flags"]]
-                process = launch(name, flags, runs_dir / name, args.minutes, run_recipe[name][1])
+                process = launch(name, flags, runs_dir / name, args.minutes, run_recipe[name][1], args.resolution)
                 running.append((name, process, runs_dir / name))
             name, process, run_dir = running.pop(0)
             training[name] = finished(name, process, run_dir)
@@ -231,7 +237,8 @@ def main() -> None:
 
     defaults = TrainingConfig()
     fast_name, fast_steps = defaults.sample_scheduler, defaults.preview_steps()
-    held_out = take_images(DataConfig(dataset="emoji", split="test", resolution=32, shuffle_buffer=0), TEST_IMAGES)
+    test_split = DataConfig(dataset="emoji", split="test", resolution=args.resolution, shuffle_buffer=0)
+    held_out = take_images(test_split, TEST_IMAGES)
     floor_levels = real_floor(held_out)
     floor = floor_levels["avg"]
     print("64 real training images: SWD " + ", ".join(f"{k} {v:.1f}" for k, v in floor_levels.items()), flush=True)
@@ -242,7 +249,7 @@ def main() -> None:
         sys.exit(f"Unknown sampler(s) {', '.join(unknown)}: choose from {', '.join(sampler_label)}.")
     from bench.emoji_eval import EmojiReference
 
-    reference_faces = EmojiReference.build()
+    reference_faces = EmojiReference.build(args.resolution)
     judged: dict[str, dict[str, dict[str, float]]] = {}
     scores: dict[str, dict[str, float]] = {}
     levels: dict[str, dict[str, dict[str, float]]] = {}
@@ -312,7 +319,7 @@ def main() -> None:
     rows = [(f"{name}, {sampler_label[sampler]}: SWD {scores[name][sampler]:.0f}", samples[name, sampler])
             for name in names for sampler in samplers]  # fmt: skip
     grid = comparison_grid(rows, held_out, min(args.grid_columns, args.num_images),
-                           f"{args.minutes:g} min each, 32 px; same seeds per column", len(samplers))  # fmt: skip
+                           f"{args.minutes:g} min each, {args.resolution} px; same seeds per column", len(samplers))  # fmt: skip
     suffix = "" if args.weights == "ema" else f"-{args.weights}"
     grid_path = Path(args.grid) if args.grid else output_dir / f"bench_recipe{suffix}.png"
     grid_path.parent.mkdir(parents=True, exist_ok=True)
@@ -320,6 +327,7 @@ def main() -> None:
 
     report = {
         "minutes": args.minutes,
+        "resolution": args.resolution,
         "recipes": {name: recipes[name] for name in names},
         "training": training,
         "swd": scores,
