@@ -71,6 +71,7 @@ class ModelOptions:
     weighting_scheme: str = option("logit_normal", "how training timesteps are drawn: logit_normal (SD3) or none (uniform)", WEIGHTING_SCHEMES)  # fmt: skip
     logit_mean: float = option(0.5, "with logit_normal: mean of the logit of t/T (> 0: more noise; 0 in SD3)")
     logit_std: float = option(1.0, "with logit_normal: its standard deviation")
+    input_perturbation: float = option(0.0, "noise the inputs with noise + this * another noise, the target unchanged (DDPM-IP; 0.1 in the paper)")  # fmt: skip
     enable_xformers_memory_efficient_attention: bool = option(False, "xformers attention (needs xformers and a GPU)")
     condition_on_source: bool = option(False, "condition the UNet on each image's source in a mixture")
     class_dropout_prob: float = option(0.1, "with --condition_on_source: label dropout for classifier-free guidance")
@@ -150,7 +151,7 @@ GROUPS = {
 # Settings that came after checkpoints existed and change the run, with the value every earlier run had: part of the
 # identity only when they differ from it, so a checkpoint written before them still resumes (and still refuses a run
 # that changes them, whatever the defaults become).
-IDENTITY_WHEN_SET = {"weighting_scheme": "none", "logit_mean": 0.0, "logit_std": 1.0}
+IDENTITY_WHEN_SET = {"weighting_scheme": "none", "logit_mean": 0.0, "logit_std": 1.0, "input_perturbation": 0.0}
 # What a checkpoint belongs to: a run resumes only with the same values (checkpoint.py compares them). Limits
 # (steps, time), checkpoints, previews, logging and the Hub may change between resumes; so may --jpeg_draft, which
 # came later (a new name here would disown every earlier checkpoint) and changes pixels by ~3/255 on average.
@@ -167,7 +168,7 @@ AT_LEAST_ONE = ("resolution", "train_batch_size", "gradient_accumulation_steps",
                 "num_samples", "logging_steps", "ddpm_num_steps", "ddpm_num_inference_steps", "max_train_steps",
                 "num_epochs", "checkpoints_total_limit", "save_images_epochs", "save_model_epochs", "sample_steps")  # fmt: skip
 NOT_NEGATIVE = ("data_retry_minutes", "learning_rate", "lr_warmup_steps", "max_grad_norm", "adam_weight_decay", "dataloader_num_workers",
-                "save_images_steps", "max_nonfinite_steps", "shuffle_buffer")  # fmt: skip
+                "save_images_steps", "max_nonfinite_steps", "shuffle_buffer", "input_perturbation")  # fmt: skip
 POSITIVE = ("adam_epsilon", "ema_inv_gamma", "ema_power", "snr_gamma", "logit_std")
 UNIT_INTERVAL = ("ema_max_decay", "class_dropout_prob", "adam_beta1", "adam_beta2")
 

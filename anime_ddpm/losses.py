@@ -361,6 +361,7 @@ class DiffusionLoss:
         weighting_scheme: str = "none",
         logit_mean: float = 0.0,
         logit_std: float = 1.0,
+        input_perturbation: float = 0.0,
     ):
         config = scheduler.config
         self.prediction_type: str = config.get("prediction_type", "epsilon")
@@ -381,6 +382,8 @@ class DiffusionLoss:
             )
         if not logit_std > 0:
             raise ValueError(f"logit_std must be positive (1.0 in SD3), got {logit_std}.")
+        if not input_perturbation >= 0:
+            raise ValueError(f"input_perturbation must be >= 0 (0.1 in Ning et al. 2023), got {input_perturbation}.")
         self.scheduler = scheduler
         self.schedule = DiffusionSchedule.from_scheduler(scheduler)
         self.num_train_timesteps = len(self.schedule)
@@ -390,6 +393,7 @@ class DiffusionLoss:
         self.weighting_scheme = weighting_scheme
         self.logit_mean = float(logit_mean)
         self.logit_std = float(logit_std)
+        self.input_perturbation = float(input_perturbation)
         self.timestep_probabilities = timestep_probabilities(
             self.num_train_timesteps, weighting_scheme, self.logit_mean, self.logit_std
         )
@@ -432,13 +436,24 @@ class DiffusionLoss:
             if noise is None:
                 noise = randn_tensor(x0.shape, generator=generator, device=device, dtype=torch.float32)
             noise = noise.to(device=device, dtype=torch.float32)
-            x_t = self.schedule.add_noise(x0, noise, timesteps)
+            x_t = self.schedule.add_noise(x0, self.perturbed(noise, generator), timesteps)
 
         output = model(x_t, timesteps, class_labels)
         output = getattr(output, "sample", output)
 
         with _autocast_disabled(device):
             return self.loss_from_output(output.float(), x0, noise, x_t, timesteps)
+
+    def perturbed(self, noise: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The noise that builds x_t: with input perturbation (DDPM-IP, Ning et al. 2023), noise + gamma * xi.
+
+        The target stays the unperturbed noise (or x_0), so the model learns to undo inputs a little off the forward
+        process, as its own earlier predictions are when it samples: the exposure bias of a long chain.
+        """
+        if not self.input_perturbation:
+            return noise  # no extra draw: runs without it keep their random stream
+        xi = randn_tensor(noise.shape, generator=generator, device=noise.device, dtype=torch.float32)
+        return noise + self.input_perturbation * xi
 
     def loss_from_output(
         self, output: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor

@@ -253,6 +253,7 @@ def build_objective(config: TrainingConfig) -> tuple[Any, losses.DiffusionLoss]:
         weighting_scheme=config.weighting_scheme,
         logit_mean=config.logit_mean,
         logit_std=config.logit_std,
+        input_perturbation=config.input_perturbation,
     )
     return noise_scheduler, objective
 

@@ -335,6 +335,8 @@ def card_info(config: TrainingConfig, summary: dict[str, Any], state: TrainingSt
         loss += f", min-SNR-{config.snr_gamma:g} weighted"
     if config.weighting_scheme == "logit_normal":
         loss += f", timesteps logit-normal (mean {config.logit_mean:g}, std {config.logit_std:g})"
+    if config.input_perturbation:
+        loss += f", input perturbation {config.input_perturbation:g} (DDPM-IP)"
     dataset = config.dataset_spec or (config.train_data_dir and f"local folder {config.train_data_dir}") or "emoji"
     world_size = summary["num_processes"]
     info = dict(

@@ -128,6 +128,11 @@ def test_settings_added_later_keep_earlier_checkpoints_resumable_and_a_changed_o
     with pytest.raises(TrainingError) as error:
         checkpoint.check_belongs(str(current), manifest, uniform)
     assert "--logit_mean 0.5 (this run: 0.0), --weighting_scheme logit_normal (this run: none)" in str(error.value)
+    # --input_perturbation came later still: at 0 it stays out, set it joins and refuses the checkpoints without it.
+    assert "input_perturbation" not in default
+    with pytest.raises(TrainingError) as error:
+        checkpoint.check_belongs(str(current), manifest, TrainingConfig(input_perturbation=0.1).run_identity(1))
+    assert "--input_perturbation 0.0 (this run: 0.1)" in str(error.value)
 
 
 def test_rotation_deletes_only_this_runs_oldest_checkpoints(tmp_path):

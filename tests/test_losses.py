@@ -220,6 +220,31 @@ def test_loss_is_zero_for_the_exact_target(prediction_type):
 
 
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_input_perturbation_moves_the_input_and_keeps_the_target(prediction_type):
+    """DDPM-IP (Ning et al. 2023): x_t is built from noise + gamma * xi, the target from the noise alone."""
+    scheduler = make_noise_scheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
+    x0, noise, t = images(shape=(64, 3, 8, 8)), gaussian(1, (64, 3, 8, 8)), torch.full((64,), 500)
+    target = expected_target(scheduler, x0, noise, t, prediction_type).float()
+    model = OracleModel(target)
+    gamma = 0.1
+    output = DiffusionLoss(scheduler, input_perturbation=gamma)(
+        model, x0, timesteps=t, noise=noise, generator=torch.Generator().manual_seed(2)
+    )
+    assert output.loss.item() < 1e-10  # the exact unperturbed target is still exact
+    x_t = model.calls[0][0]
+    shift = x_t.double() - (abar64(scheduler)[500].sqrt() * x0 + (1 - abar64(scheduler)[500]).sqrt() * noise)
+    # The extra input noise is gamma * sqrt(1 - abar_t) * xi with xi ~ N(0, I), drawn from the caller's generator.
+    assert shift.std().item() == pytest.approx(gamma * (1 - abar64(scheduler)[500]).sqrt().item(), rel=0.05)
+    assert shift.mean().abs().item() < 0.01
+    # Off by default: no extra draw, so x_t is exactly the forward process's.
+    plain = OracleModel(target)
+    DiffusionLoss(scheduler)(plain, x0, timesteps=t, noise=noise, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(plain.calls[0][0], scheduler.add_noise(x0, noise, t), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="input_perturbation must be >= 0"):
+        DiffusionLoss(scheduler, input_perturbation=-0.1)
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 def test_learned_range_oracle_has_zero_kl(prediction_type):
     """Exact mean channels and v = -1 (Sigma = beta~_t, the true posterior variance) make every KL term vanish."""
     scheduler = make_noise_scheduler(prediction_type=prediction_type, variance_type="learned_range")
