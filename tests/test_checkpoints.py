@@ -135,6 +135,20 @@ def test_settings_added_later_keep_earlier_checkpoints_resumable_and_a_changed_o
     assert "--input_perturbation 0.0 (this run: 0.1)" in str(error.value)
 
 
+def test_a_run_of_the_old_default_unet_is_refused_with_the_flag_that_continues_it(tmp_path):
+    """The default UNet changed from `small` to `small4`: a checkpoint of the old default names its preset, so
+    resuming it with no --model is refused in one sentence naming --model small, and --model small continues it."""
+    old_default = TrainingConfig(model="small", weighting_scheme="none").run_identity(1)
+    earlier = fake_checkpoint(tmp_path / "earlier", 5, run=old_default)
+    manifest = checkpoint.verify(earlier)
+    with pytest.raises(TrainingError) as error:
+        checkpoint.check_belongs(str(earlier), manifest, TrainingConfig(weighting_scheme="none").run_identity(1))
+    assert "--model small (this run: small4)" in str(error.value)
+    checkpoint.check_belongs(
+        str(earlier), manifest, TrainingConfig(model="small", weighting_scheme="none").run_identity(1)
+    )
+
+
 def test_rotation_deletes_only_this_runs_oldest_checkpoints(tmp_path):
     for step in (5, 10, 15, 20):
         fake_checkpoint(tmp_path, step)

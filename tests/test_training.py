@@ -323,7 +323,7 @@ def test_accepts_every_flag_of_diffusers_train_unconditional(monkeypatch):
 
 def test_defaults_and_negated_switches():
     config = parse_args([])
-    assert (config.model, config.resolution, config.dataset_spec, config.mixed_precision) == ("small", 32, None, None)
+    assert (config.model, config.resolution, config.dataset_spec, config.mixed_precision) == ("small4", 32, None, None)
     assert config.use_ema and config.center_crop and not config.random_flip
     assert config.resolved_output_dir() == "ddpm-emoji-32"
     assert parse_args(["--dataset", "anime", "--resolution", "64"]).resolved_output_dir() == "ddpm-anime-64"
