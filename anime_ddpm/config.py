@@ -25,7 +25,7 @@ from diffusers.optimization import TYPE_TO_SCHEDULER_FUNCTION
 from .budget import parse_duration
 from .errors import TrainingError
 from .losses import BETA_SCHEDULES, PREDICTION_TYPES, WEIGHTING_SCHEMES
-from .models import PRESETS
+from .models import DEFAULT_PRESET, PRESETS
 from .schedulers import DEFAULT_STEPS, SCHEDULERS
 
 
@@ -60,7 +60,7 @@ class DataOptions:
 
 @dataclass
 class ModelOptions:
-    model: str = option("small4", "UNet preset (the README's table: parameters, widths)", PRESETS)
+    model: str = option(DEFAULT_PRESET, "UNet preset (the README's table: parameters, widths)", PRESETS)
     model_config_name_or_path: str | None = option(None, "a UNet2DModel config (folder, file or Hub id) instead of --model")  # fmt: skip
     prediction_type: str = option("sample", "what the UNet predicts: sample (x_0), epsilon or v_prediction", PREDICTION_TYPES)  # fmt: skip
     variance_type: str = option("fixed_small", "learned_range: learn the variance too (Improved DDPM)", ("fixed_small", "learned_range"))  # fmt: skip

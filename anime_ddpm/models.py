@@ -14,6 +14,7 @@ from diffusers import UNet2DModel
 
 
 ATTENTION_RESOLUTION = 16
+DEFAULT_PRESET = "small4"  # the trainer's --model and build_unet's default: docs/recipe.md says why
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ PRESETS: dict[str, UNetPreset] = {
 
 
 def unet_config(
-    preset: str = "small4",
+    preset: str = DEFAULT_PRESET,
     resolution: int = 32,
     in_channels: int = 3,
     learned_variance: bool = False,
@@ -114,5 +115,5 @@ def unet_config(
     return config
 
 
-def build_unet(preset: str = "small4", resolution: int = 32, **kwargs: Any) -> UNet2DModel:
+def build_unet(preset: str = DEFAULT_PRESET, resolution: int = 32, **kwargs: Any) -> UNet2DModel:
     return UNet2DModel(**unet_config(preset, resolution, **kwargs))
