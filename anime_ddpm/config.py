@@ -71,7 +71,7 @@ class ModelOptions:
     weighting_scheme: str = option("logit_normal", "how training timesteps are drawn: logit_normal (SD3) or none (uniform)", WEIGHTING_SCHEMES)  # fmt: skip
     logit_mean: float = option(0.5, "with logit_normal: mean of the logit of t/T (> 0: more noise; 0 in SD3)")
     logit_std: float = option(1.0, "with logit_normal: its standard deviation")
-    input_perturbation: float = option(0.0, "noise the inputs with noise + this * another noise, the target unchanged (DDPM-IP; 0.1 in the paper)")  # fmt: skip
+    input_perturbation: float = option(0.1, "noise the inputs with noise + this * another noise, the target unchanged (DDPM-IP, 0.1 as in the paper; 0: off)")  # fmt: skip
     enable_xformers_memory_efficient_attention: bool = option(False, "xformers attention (needs xformers and a GPU)")
     condition_on_source: bool = option(False, "condition the UNet on each image's source in a mixture")
     class_dropout_prob: float = option(0.1, "with --condition_on_source: label dropout for classifier-free guidance")

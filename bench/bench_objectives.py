@@ -49,6 +49,8 @@ CONFIGS: dict[str, dict] = {
             "epsilon",
             "--weighting_scheme",
             "none",
+            "--input_perturbation",
+            "0",
         ],  # fmt: skip
     },
     "b": {
@@ -63,6 +65,8 @@ CONFIGS: dict[str, dict] = {
             "epsilon",
             "--weighting_scheme",
             "none",
+            "--input_perturbation",
+            "0",
         ],  # fmt: skip
     },
 }

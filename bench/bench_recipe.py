@@ -78,6 +78,7 @@ REFERENCE_FLAGS = [
     "--max_grad_norm", "1.0",
     "--variance_type", "fixed_small",
     "--weighting_scheme", "none",
+    "--input_perturbation", "0",
     "--no-center_crop", "--no-random_flip",
 ]  # fmt: skip
 RECIPES: dict[str, dict] = {

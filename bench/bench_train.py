@@ -248,7 +248,8 @@ class OurStep:
         # same maths, and the loss check below needs the same loss. The default x_0 target on cosine betas costs the
         # same per step (bench_recipe.py compares the recipes).
         overrides: dict[str, Any] = {"prediction_type": "epsilon", "ddpm_beta_schedule": "linear",
-                                     "weighting_scheme": "none", "lr_warmup_steps": LR_WARMUP_STEPS}  # fmt: skip
+                                     "weighting_scheme": "none", "input_perturbation": 0.0,
+                                     "lr_warmup_steps": LR_WARMUP_STEPS}  # fmt: skip
         if "compile" in options:
             overrides["compile"] = options["compile"] == "1"
         if options.get("nonfinite_check") == "0":

@@ -109,15 +109,16 @@ def test_settings_added_later_keep_earlier_checkpoints_resumable_and_a_changed_o
     """--weighting_scheme came after checkpoints existed: a checkpoint of an earlier version, whose manifest does not
     name it, holds the value runs had then (uniform); it resumes with that value and refuses today's default
     (logit-normal) with the settings to pass named. At the value runs had then, the names stay out of the identity."""
-    uniform = TrainingConfig(weighting_scheme="none", logit_mean=0.0, logit_std=1.0).run_identity(1)
+    before = {"weighting_scheme": "none", "input_perturbation": 0.0}  # what runs had then
+    uniform = TrainingConfig(**before, logit_mean=0.0, logit_std=1.0).run_identity(1)
     assert not set(IDENTITY_WHEN_SET) & set(uniform)
     earlier = fake_checkpoint(tmp_path / "earlier", 5, run=uniform)
     manifest = checkpoint.verify(earlier)
     checkpoint.check_belongs(str(earlier), manifest, uniform)
     # --weighting_scheme none alone continues it: the logit-normal mean (0.5 by default) does not shape a uniform run.
-    checkpoint.check_belongs(str(earlier), manifest, TrainingConfig(weighting_scheme="none").run_identity(1))
+    checkpoint.check_belongs(str(earlier), manifest, TrainingConfig(**before).run_identity(1))
     with pytest.raises(TrainingError) as error:
-        checkpoint.check_belongs(str(earlier), manifest, TrainingConfig().run_identity(1))
+        checkpoint.check_belongs(str(earlier), manifest, TrainingConfig(input_perturbation=0.0).run_identity(1))
     assert "--logit_mean 0.0 (this run: 0.5), --weighting_scheme none (this run: logit_normal)" in str(error.value)
     # Today's default is in the identity, so its checkpoints refuse a uniform resume the same way.
     default = TrainingConfig().run_identity(1)
@@ -128,25 +129,29 @@ def test_settings_added_later_keep_earlier_checkpoints_resumable_and_a_changed_o
     with pytest.raises(TrainingError) as error:
         checkpoint.check_belongs(str(current), manifest, uniform)
     assert "--logit_mean 0.5 (this run: 0.0), --weighting_scheme logit_normal (this run: none)" in str(error.value)
-    # --input_perturbation came later still: at 0 it stays out, set it joins and refuses the checkpoints without it.
-    assert "input_perturbation" not in default
+    # --input_perturbation came later still (default 0.1 since): at 0 it stays out of the identity, so a checkpoint
+    # written before it resumes with --input_perturbation 0 and refuses today's default, naming that flag.
+    assert default["input_perturbation"] == 0.1
+    before_ip = fake_checkpoint(tmp_path / "before_ip", 5, run=TrainingConfig(input_perturbation=0.0).run_identity(1))
+    manifest = checkpoint.verify(before_ip)
+    assert "input_perturbation" not in manifest["run"]
+    checkpoint.check_belongs(str(before_ip), manifest, TrainingConfig(input_perturbation=0.0).run_identity(1))
     with pytest.raises(TrainingError) as error:
-        checkpoint.check_belongs(str(current), manifest, TrainingConfig(input_perturbation=0.1).run_identity(1))
+        checkpoint.check_belongs(str(before_ip), manifest, TrainingConfig().run_identity(1))
     assert "--input_perturbation 0.0 (this run: 0.1)" in str(error.value)
 
 
 def test_a_run_of_the_old_default_unet_is_refused_with_the_flag_that_continues_it(tmp_path):
     """The default UNet changed from `small` to `small4`: a checkpoint of the old default names its preset, so
     resuming it with no --model is refused in one sentence naming --model small, and --model small continues it."""
-    old_default = TrainingConfig(model="small", weighting_scheme="none").run_identity(1)
+    then = {"weighting_scheme": "none", "input_perturbation": 0.0}  # the other settings of runs of that time
+    old_default = TrainingConfig(model="small", **then).run_identity(1)
     earlier = fake_checkpoint(tmp_path / "earlier", 5, run=old_default)
     manifest = checkpoint.verify(earlier)
     with pytest.raises(TrainingError) as error:
-        checkpoint.check_belongs(str(earlier), manifest, TrainingConfig(weighting_scheme="none").run_identity(1))
+        checkpoint.check_belongs(str(earlier), manifest, TrainingConfig(**then).run_identity(1))
     assert "--model small (this run: small4)" in str(error.value)
-    checkpoint.check_belongs(
-        str(earlier), manifest, TrainingConfig(model="small", weighting_scheme="none").run_identity(1)
-    )
+    checkpoint.check_belongs(str(earlier), manifest, TrainingConfig(model="small", **then).run_identity(1))
 
 
 def test_rotation_deletes_only_this_runs_oldest_checkpoints(tmp_path):
