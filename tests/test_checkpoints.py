@@ -109,14 +109,15 @@ def test_settings_added_later_keep_earlier_checkpoints_resumable_and_a_changed_o
     """--weighting_scheme came after checkpoints existed: a checkpoint of an earlier version, whose manifest does not
     name it, holds the value runs had then (uniform); it resumes with that value and refuses today's default
     (logit-normal) with the settings to pass named. At the value runs had then, the names stay out of the identity."""
-    before = {"weighting_scheme": "none", "input_perturbation": 0.0}  # what runs had then
-    uniform = TrainingConfig(**before, logit_mean=0.0, logit_std=1.0).run_identity(1)
+    uniform = TrainingConfig(**IDENTITY_WHEN_SET).run_identity(1)  # what runs had before these settings existed
     assert not set(IDENTITY_WHEN_SET) & set(uniform)
     earlier = fake_checkpoint(tmp_path / "earlier", 5, run=uniform)
     manifest = checkpoint.verify(earlier)
     checkpoint.check_belongs(str(earlier), manifest, uniform)
     # --weighting_scheme none alone continues it: the logit-normal mean (0.5 by default) does not shape a uniform run.
-    checkpoint.check_belongs(str(earlier), manifest, TrainingConfig(**before).run_identity(1))
+    checkpoint.check_belongs(
+        str(earlier), manifest, TrainingConfig(weighting_scheme="none", input_perturbation=0).run_identity(1)
+    )
     with pytest.raises(TrainingError) as error:
         checkpoint.check_belongs(str(earlier), manifest, TrainingConfig(input_perturbation=0.0).run_identity(1))
     assert "--logit_mean 0.0 (this run: 0.5), --weighting_scheme none (this run: logit_normal)" in str(error.value)
@@ -144,14 +145,15 @@ def test_settings_added_later_keep_earlier_checkpoints_resumable_and_a_changed_o
 def test_a_run_of_the_old_default_unet_is_refused_with_the_flag_that_continues_it(tmp_path):
     """The default UNet changed from `small` to `small4`: a checkpoint of the old default names its preset, so
     resuming it with no --model is refused in one sentence naming --model small, and --model small continues it."""
-    then = {"weighting_scheme": "none", "input_perturbation": 0.0}  # the other settings of runs of that time
-    old_default = TrainingConfig(model="small", **then).run_identity(1)
+    old_default = TrainingConfig(model="small", **IDENTITY_WHEN_SET).run_identity(1)
     earlier = fake_checkpoint(tmp_path / "earlier", 5, run=old_default)
     manifest = checkpoint.verify(earlier)
     with pytest.raises(TrainingError) as error:
-        checkpoint.check_belongs(str(earlier), manifest, TrainingConfig(**then).run_identity(1))
+        checkpoint.check_belongs(str(earlier), manifest, TrainingConfig(**IDENTITY_WHEN_SET).run_identity(1))
     assert "--model small (this run: small4)" in str(error.value)
-    checkpoint.check_belongs(str(earlier), manifest, TrainingConfig(model="small", **then).run_identity(1))
+    checkpoint.check_belongs(
+        str(earlier), manifest, TrainingConfig(model="small", **IDENTITY_WHEN_SET).run_identity(1)
+    )
 
 
 def test_rotation_deletes_only_this_runs_oldest_checkpoints(tmp_path):
