@@ -51,6 +51,10 @@ class EmojiReference:
         accuracy = float((is_smiley[nearest] == test_labels).float().mean())
         return cls(train, is_smiley, float(is_smiley.float().mean()), float(distances.quantile(0.95)), accuracy)
 
+    def labels(self, samples: torch.Tensor) -> torch.Tensor:
+        """Samples in [-1, 1], (B, 3, H, W): whether each one's nearest training image is a smiley."""
+        return self.is_smiley[torch.cdist(flatten(samples), self.train).argmin(dim=1)]
+
     def judge(self, samples: torch.Tensor) -> dict[str, float]:
         """Samples in [-1, 1], (B, 3, H, W): the smiley share and the off-data share."""
         distances, nearest = torch.cdist(flatten(samples), self.train).min(dim=1)
