@@ -72,6 +72,7 @@ class ModelOptions:
     logit_mean: float = option(0.5, "with logit_normal: mean of the logit of t/T (> 0: more noise; 0 in SD3)")
     logit_std: float = option(1.0, "with logit_normal: its standard deviation")
     input_perturbation: float = option(0.1, "noise the inputs with noise + this * another noise, the target unchanged (DDPM-IP, 0.1 as in the paper; 0: off)")  # fmt: skip
+    self_condition: bool = option(False, "feed the UNet its previous x_0 estimate as extra input channels (self-conditioning, Chen et al. 2022)")  # fmt: skip
     enable_xformers_memory_efficient_attention: bool = option(False, "xformers attention (needs xformers and a GPU)")
     condition_on_source: bool = option(False, "condition the UNet on each image's source in a mixture")
     class_dropout_prob: float = option(0.1, "with --condition_on_source: label dropout for classifier-free guidance")
@@ -151,7 +152,8 @@ GROUPS = {
 # Settings that came after checkpoints existed and change the run, with the value every earlier run had: part of the
 # identity only when they differ from it, so a checkpoint written before them still resumes (and still refuses a run
 # that changes them, whatever the defaults become).
-IDENTITY_WHEN_SET = {"weighting_scheme": "none", "logit_mean": 0.0, "logit_std": 1.0, "input_perturbation": 0.0}
+IDENTITY_WHEN_SET = {"weighting_scheme": "none", "logit_mean": 0.0, "logit_std": 1.0, "input_perturbation": 0.0,
+                     "self_condition": False}  # fmt: skip
 # What a checkpoint belongs to: a run resumes only with the same values (checkpoint.py compares them). Limits
 # (steps, time), checkpoints, previews, logging and the Hub may change between resumes; so may --jpeg_draft, which
 # came later (a new name here would disown every earlier checkpoint) and changes pixels by ~3/255 on average.

@@ -11,6 +11,8 @@ Papers cited by equation number:
 - min-SNR: Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy".
 - logit-normal timesteps: Esser et al. 2024, "Scaling Rectified Flow Transformers for High-Resolution Image
   Synthesis" (SD3), section 3.1, as diffusers' `compute_density_for_timestep_sampling` draws them.
+- self-conditioning: Chen, Zhang & Hinton 2022, "Analog Bits: Generating Discrete Data using Diffusion Models with
+  Self-Conditioning", section 3 (algorithm 3 for training, 4 for sampling).
 
 Agreement with sampling: the learned variance is interpolated exactly as `DDPMScheduler(variance_type=
 "learned_range")._get_variance` does at sampling time: log Sigma_t = frac * log beta_t + (1 - frac) * log beta~_t with
@@ -32,6 +34,8 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_density_for_timestep_sampling
 from diffusers.utils.torch_utils import randn_tensor
+
+from .pipeline import image_channels
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -110,7 +114,7 @@ def sampling_scheduler(scheduler: DDPMScheduler, unet: Any = None) -> DDPMSchedu
     """
     sampler = DDPMScheduler.from_config(scheduler.config)
     if unet is not None:
-        expected = model_out_channels(sampler, unet.config.in_channels)
+        expected = model_out_channels(sampler, image_channels(unet.config))
         if unet.config.out_channels != expected:
             raise ValueError(
                 f"The UNet outputs {unet.config.out_channels} channels but variance_type "
@@ -362,6 +366,7 @@ class DiffusionLoss:
         logit_mean: float = 0.0,
         logit_std: float = 1.0,
         input_perturbation: float = 0.0,
+        self_condition: bool = False,
     ):
         config = scheduler.config
         self.prediction_type: str = config.get("prediction_type", "epsilon")
@@ -394,6 +399,7 @@ class DiffusionLoss:
         self.logit_mean = float(logit_mean)
         self.logit_std = float(logit_std)
         self.input_perturbation = float(input_perturbation)
+        self.self_condition = bool(self_condition)
         self.timestep_probabilities = timestep_probabilities(
             self.num_train_timesteps, weighting_scheme, self.logit_mean, self.logit_std
         )
@@ -438,7 +444,10 @@ class DiffusionLoss:
             noise = noise.to(device=device, dtype=torch.float32)
             x_t = self.schedule.add_noise(x0, self.perturbed(noise, generator), timesteps)
 
-        output = model(x_t, timesteps, class_labels)
+        model_input = x_t
+        if self.self_condition:
+            model_input = torch.cat([x_t, self.previous_estimate(model, x_t, timesteps, class_labels, generator)], 1)
+        output = model(model_input, timesteps, class_labels)
         output = getattr(output, "sample", output)
 
         with _autocast_disabled(device):
@@ -454,6 +463,34 @@ class DiffusionLoss:
             return noise  # no extra draw: runs without it keep their random stream
         xi = randn_tensor(noise.shape, generator=generator, device=noise.device, dtype=torch.float32)
         return noise + self.input_perturbation * xi
+
+    def previous_estimate(
+        self,
+        model: Model,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        class_labels: torch.Tensor | None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """What a self-conditioned network sees beside x_t: zeros for half of the batch (the first sampling step),
+        and for the other half its own x_0 estimate from a first, gradient-free pass with zeros there (Analog Bits,
+        algorithm 3), clipped to [-1, 1] as the sampler clips it. The extra pass costs a forward over half the batch.
+        """
+        estimate = torch.zeros_like(x_t)
+        draw_device = generator.device if generator is not None else x_t.device
+        chosen = (torch.rand(x_t.shape[0], generator=generator, device=draw_device) < 0.5).nonzero().squeeze(1)
+        if len(chosen) == 0:
+            return estimate
+        chosen = chosen.to(x_t.device)
+        x_chosen, t_chosen = x_t[chosen], t[chosen]
+        labels = class_labels[chosen] if class_labels is not None else None
+        with torch.no_grad():
+            output = model(torch.cat([x_chosen, torch.zeros_like(x_chosen)], 1), t_chosen, labels)
+            prediction = getattr(output, "sample", output).float()[:, : x_t.shape[1]]
+            with _autocast_disabled(x_t.device):
+                x0 = self.schedule.predict_x0(prediction, x_chosen, t_chosen, self.prediction_type)
+        estimate[chosen] = x0.clamp(-1.0, 1.0)
+        return estimate
 
     def loss_from_output(
         self, output: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor

@@ -70,11 +70,13 @@ def unet_config(
     in_channels: int = 3,
     learned_variance: bool = False,
     num_class_embeds: int | None = None,
+    self_condition: bool = False,
 ) -> dict[str, Any]:
     """The keyword arguments of `UNet2DModel` for a preset at a resolution.
 
     `learned_variance` doubles the output channels (mean and variance interpolation, Improved DDPM);
-    `num_class_embeds` adds a class embedding (domain conditioning).
+    `num_class_embeds` adds a class embedding (domain conditioning); `self_condition` doubles the input channels,
+    the second half holding the network's previous estimate of x_0 (self-conditioning, Chen et al. 2022).
     """
     if preset not in PRESETS:
         raise ValueError(f"Unknown UNet preset {preset!r}; choose one of {', '.join(PRESETS)}.")
@@ -100,7 +102,7 @@ def unet_config(
         head_dim = spec.block_out_channels[attn_level]  # one head
     config: dict[str, Any] = dict(
         sample_size=resolution,
-        in_channels=in_channels,
+        in_channels=in_channels * (2 if self_condition else 1),
         out_channels=in_channels * (2 if learned_variance else 1),
         block_out_channels=spec.block_out_channels,
         layers_per_block=spec.layers_per_block,
@@ -115,5 +117,27 @@ def unet_config(
     return config
 
 
-def build_unet(preset: str = DEFAULT_PRESET, resolution: int = 32, **kwargs: Any) -> UNet2DModel:
-    return UNet2DModel(**unet_config(preset, resolution, **kwargs))
+# Keys of ours in a UNet's config (unet/config.json) that `UNet2DModel.__init__` does not take.
+EXTRA_CONFIG_KEYS = ("domains", "self_condition")
+
+
+def unet_from_config(config: Any) -> UNet2DModel:
+    """`UNet2DModel.from_config` that keeps our extra keys (domains, self_condition) without diffusers' warning that
+    they "will be ignored": they are read by the pipeline, not by the UNet."""
+    config = dict(config)
+    extra = {key: config.pop(key) for key in EXTRA_CONFIG_KEYS if key in config}
+    unet = UNet2DModel.from_config(config)
+    if extra:
+        unet.register_to_config(**extra)
+    return unet
+
+
+def build_unet(
+    preset: str = DEFAULT_PRESET, resolution: int = 32, self_condition: bool = False, **kwargs: Any
+) -> UNet2DModel:
+    """A stock `UNet2DModel`; a self-conditioned one says so in its config (`self_condition: true` in
+    unet/config.json), which is how the pipeline knows to feed it its previous x_0."""
+    unet = UNet2DModel(**unet_config(preset, resolution, self_condition=self_condition, **kwargs))
+    if self_condition:
+        unet.register_to_config(self_condition=True)
+    return unet

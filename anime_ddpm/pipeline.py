@@ -47,6 +47,18 @@ def predict_original_sample(
     raise ValueError(f"Unknown prediction_type {prediction_type!r}; expected epsilon, v_prediction or sample.")
 
 
+def image_channels(unet_config: Any) -> int:
+    """The channels of the images a UNet makes: its input channels, or half of them when it is self-conditioned
+    (`self_condition` in its config: the other half is its previous estimate of x_0, Chen et al. 2022)."""
+    get = (
+        unet_config.get
+        if isinstance(unet_config, dict)
+        else lambda key, default=None: getattr(unet_config, key, default)
+    )
+    in_channels = int(get("in_channels"))
+    return in_channels // 2 if get("self_condition", False) else in_channels
+
+
 def evenly_spaced_steps(total: int, count: int) -> list[int]:
     """`count` step indices spread evenly from the first step to the last, so that a strip or a GIF of the reverse
     process always starts from noise and ends at the sample (every step when `count` <= 0 or >= `total`)."""
@@ -118,8 +130,9 @@ class AnimeDDPMPipeline(DiffusionPipeline):
     Unlike diffusers' `DDPMPipeline` it scales the initial noise by `scheduler.init_noise_sigma`, calls
     `scheduler.scale_model_input`, and passes to `scheduler.step` only the keyword arguments it accepts, so DDIM,
     DPM-Solver, Euler, Heun, UniPC and PNDM all sample correctly. It also supports UNets that learn their variance
-    (`out_channels = 2 * in_channels`) and class-conditional UNets (one class per training domain, the last class
-    reserved as the null label) with classifier-free guidance.
+    (`out_channels = 2 * in_channels`), class-conditional UNets (one class per training domain, the last class
+    reserved as the null label) with classifier-free guidance, and self-conditioned UNets (`self_condition` in the
+    UNet's config: each step also sees the x_0 the previous step predicted, Chen et al. 2022, whatever the scheduler).
 
     Parameters:
         unet ([`UNet2DModel`]):
@@ -319,7 +332,8 @@ class AnimeDDPMPipeline(DiffusionPipeline):
         device = self._execution_device
         dtype = self.unet.dtype
         config = self.unet.config
-        channels = config.in_channels
+        channels = image_channels(config)
+        self_conditioned = bool(getattr(config, "self_condition", False))
         size = config.sample_size
         shape = (batch_size, channels, *((size, size) if isinstance(size, int) else size))
 
@@ -355,10 +369,12 @@ class AnimeDDPMPipeline(DiffusionPipeline):
             learned_variance = self._uses_learned_variance()
             timesteps = scheduler.timesteps
             self._num_timesteps = len(timesteps)
+            previous_x0 = torch.zeros_like(latents)  # self-conditioning: no estimate before the first step
 
             for i, t in enumerate(self.progress_bar(timesteps)):
                 model_input = scheduler.scale_model_input(latents, t)
-                unet_input = torch.cat([model_input] * 2) if guided else model_input
+                unet_input = torch.cat([model_input, previous_x0], dim=1) if self_conditioned else model_input
+                unet_input = torch.cat([unet_input] * 2) if guided else unet_input
                 timestep_batch = t.expand(unet_input.shape[0]) if t.ndim == 0 else t
                 model_output = self.unet(
                     unet_input.to(dtype), timestep_batch, class_labels=class_labels
@@ -382,14 +398,18 @@ class AnimeDDPMPipeline(DiffusionPipeline):
                 step_output = scheduler.step(model_output, t, latents, **step_kwargs)
                 latents = step_output.prev_sample
 
+                wants_x0 = callback_on_step_end is not None and "pred_original_sample" in callback_on_step_end_tensor_inputs  # fmt: skip
+                if self_conditioned or wants_x0:
+                    pred_x0 = getattr(step_output, "pred_original_sample", None)
+                    if pred_x0 is None:
+                        pred_x0 = predict_original_sample(
+                            model_output[:, :channels], model_input, self._alpha_prod(t), prediction_type
+                        )
+                    if self_conditioned:  # clipped as in training, where the estimate is clipped to [-1, 1]
+                        previous_x0 = pred_x0.clamp(-1, 1)
                 if callback_on_step_end is not None:
                     tensors = {"latents": latents, "model_output": model_output}
-                    if "pred_original_sample" in callback_on_step_end_tensor_inputs:
-                        pred_x0 = getattr(step_output, "pred_original_sample", None)
-                        if pred_x0 is None:
-                            pred_x0 = predict_original_sample(
-                                model_output[:, :channels], model_input, self._alpha_prod(t), prediction_type
-                            )
+                    if wants_x0:
                         tensors["pred_original_sample"] = pred_x0
                     callback_kwargs = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}

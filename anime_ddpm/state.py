@@ -33,7 +33,7 @@ from .conditioning import SourceConditioning, conditional_unet_config
 from .config import TrainingConfig
 from .data import DataConfig, TrainDataset, TrainLoader, build_dataloader, build_dataset
 from .errors import TrainingError, first_line
-from .models import build_unet
+from .models import build_unet, unet_from_config
 
 
 logger = get_logger(__name__)
@@ -185,7 +185,13 @@ def build_model(
                 raise ValueError("The UNet config is class-conditional: train it with --condition_on_source on a mixture.")  # fmt: skip
         except ValueError as error:
             raise TrainingError(str(error)) from None
-        model = UNet2DModel.from_config(unet_config)
+        if config.self_condition:
+            if unet_config.get("in_channels") != 6:
+                raise TrainingError(f"--self_condition needs a UNet config with in_channels=6 (the image and the previous x_0 estimate); {config.model_config_name_or_path} has {unet_config.get('in_channels')}.")  # fmt: skip
+            unet_config = {**unet_config, "self_condition": True}
+        elif unet_config.get("self_condition"):
+            raise TrainingError(f"The UNet config {config.model_config_name_or_path} is self-conditioned: train it with --self_condition.")  # fmt: skip
+        model = unet_from_config(unet_config)
         if model.config.out_channels != out_channels:
             raise TrainingError(
                 f"The UNet config has out_channels={model.config.out_channels} but variance_type "
@@ -198,6 +204,7 @@ def build_model(
                 config.resolution,
                 learned_variance=losses.learns_variance(noise_scheduler),
                 num_class_embeds=conditioning.num_class_embeds if conditioning is not None else None,
+                self_condition=config.self_condition,
             )
         except ValueError as error:
             raise TrainingError(str(error)) from None
@@ -254,6 +261,7 @@ def build_objective(config: TrainingConfig) -> tuple[Any, losses.DiffusionLoss]:
         logit_mean=config.logit_mean,
         logit_std=config.logit_std,
         input_perturbation=config.input_perturbation,
+        self_condition=config.self_condition,
     )
     return noise_scheduler, objective
 

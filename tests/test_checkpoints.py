@@ -140,6 +140,13 @@ def test_settings_added_later_keep_earlier_checkpoints_resumable_and_a_changed_o
     with pytest.raises(TrainingError) as error:
         checkpoint.check_belongs(str(before_ip), manifest, TrainingConfig().run_identity(1))
     assert "--input_perturbation 0.0 (this run: 0.1)" in str(error.value)
+    # --self_condition likewise: off, it is not in the identity; a self-conditioned checkpoint refuses a plain resume.
+    assert "self_condition" not in default
+    conditioned = TrainingConfig(self_condition=True).run_identity(1)
+    manifest = checkpoint.verify(current)
+    with pytest.raises(TrainingError) as error:
+        checkpoint.check_belongs(str(current), manifest, conditioned)
+    assert "--self_condition False (this run: True)" in str(error.value)
 
 
 def test_a_run_of_the_old_default_unet_is_refused_with_the_flag_that_continues_it(tmp_path):

@@ -244,6 +244,57 @@ def test_input_perturbation_moves_the_input_and_keeps_the_target(prediction_type
         DiffusionLoss(scheduler, input_perturbation=-0.1)
 
 
+class SelfConditionedModel(torch.nn.Module):
+    """x_t times 3 plus the previous estimate; records each call's input, timesteps, labels and grad mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.tensor(3.0))
+        self.calls = []
+
+    def forward(self, x, t, class_labels=None):
+        self.calls.append((x.detach().clone(), t.clone(), class_labels, torch.is_grad_enabled()))
+        channels = x.shape[1] // 2
+        return self.weight * x[:, :channels] + x[:, channels:]
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_self_conditioning_feeds_half_the_batch_its_own_clipped_x0_without_gradient(prediction_type):
+    """Analog Bits, algorithm 3: for a random half of the batch a first pass, with zeros beside x_t and no gradient,
+    gives the x_0 estimate that the second pass sees (clipped to the data range, as the sampler clips it); the other
+    half sees zeros, as at the first sampling step. Only the second pass is trained."""
+    scheduler = make_noise_scheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
+    x0, noise = images(shape=(64, 3, 4, 4)), gaussian(1, (64, 3, 4, 4))
+    t = torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(4))
+    labels = torch.arange(64) % 3
+    model = SelfConditionedModel()
+    loss_fn = DiffusionLoss(scheduler, self_condition=True, input_perturbation=0.0)
+    output = loss_fn(
+        model, x0, class_labels=labels, timesteps=t, noise=noise, generator=torch.Generator().manual_seed(5)
+    )
+
+    (first, first_t, first_labels, first_grad), (second, second_t, second_labels, second_grad) = model.calls
+    assert not first_grad and second_grad
+    assert second.shape == (64, 6, 4, 4) and torch.equal(second_t, t) and torch.equal(second_labels, labels)
+    x_t = scheduler.add_noise(x0, noise, t)
+    torch.testing.assert_close(second[:, :3], x_t, atol=1e-5, rtol=0)
+    chosen = second[:, 3:].flatten(1).abs().amax(dim=1) > 0
+    assert 16 <= int(chosen.sum()) <= 48  # about half of 64
+    # The first pass saw exactly the chosen examples, with zeros beside them.
+    assert torch.equal(first_t, t[chosen]) and torch.equal(first_labels, labels[chosen])
+    torch.testing.assert_close(first[:, :3], x_t[chosen], atol=1e-5, rtol=0)
+    assert torch.equal(first[:, 3:], torch.zeros_like(first[:, 3:]))
+    estimate = loss_fn.schedule.predict_x0(3.0 * x_t[chosen], x_t[chosen], t[chosen], prediction_type)
+    torch.testing.assert_close(second[chosen, 3:], estimate.clamp(-1, 1), atol=1e-5, rtol=0)
+    assert second[:, 3:].abs().max() <= 1.0
+    # The gradient reaches the weight through the second pass only: d/dw of the loss at w = 3 by the chain rule.
+    output.loss.backward()
+    prediction = 3.0 * x_t + second[:, 3:]
+    target = loss_fn.schedule.target(x0, noise, t, prediction_type)
+    expected = (2 * (prediction - target) * x_t).flatten(1).mean(dim=1).mean()
+    torch.testing.assert_close(model.weight.grad, expected, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 def test_learned_range_oracle_has_zero_kl(prediction_type):
     """Exact mean channels and v = -1 (Sigma = beta~_t, the true posterior variance) make every KL term vanish."""

@@ -205,6 +205,27 @@ def test_recorder_keeps_xt_and_predicted_x0(name):
     assert recorder.latents[0].shape == recorder.pred_original_samples[0].shape == (2, 3, 8, 8)
 
 
+@pytest.mark.parametrize("name", ["ddpm", "dpm++", "euler"])
+def test_a_self_conditioned_unet_sees_the_previous_steps_clipped_x0(name):
+    """Chen et al. 2022, algorithm 4: zeros at the first step, then the x_0 the previous step predicted, with every
+    scheduler (DPM-Solver's step does not report x_0: the pipeline computes it)."""
+    torch.manual_seed(0)
+    unet = build_unet("tiny", 8, self_condition=True).eval()
+    assert unet.config.in_channels == 6 and unet.config.self_condition
+    pipe = AnimeDDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000))
+    pipe.scheduler = scheduler_from(name, pipe.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    extra = []  # the second half of every UNet input: the self-conditioning channels
+    unet.register_forward_pre_hook(lambda module, args: extra.append(args[0][:, 3:].clone()))
+    recorder = DenoisingRecorder(num_snapshots=0)
+    images = pipe(batch_size=2, num_inference_steps=5, callback_on_step_end=recorder, output_type="pt").images
+    assert images.shape == (2, 3, 8, 8) and torch.isfinite(images).all()
+    assert len(extra) == 5 and torch.equal(extra[0], torch.zeros_like(extra[0]))
+    for step in range(1, 5):
+        torch.testing.assert_close(extra[step], recorder.pred_original_samples[step - 1].clamp(-1, 1))
+    assert any(extra[step].abs().max() > 0 for step in range(1, 5))
+
+
 def test_predicted_x0_is_exact_for_the_oracle():
     """At the first step of DPM-Solver (no pred_original_sample from step), x0 is computed from the output."""
     pipe = oracle_pipeline("dpm++")

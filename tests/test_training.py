@@ -81,6 +81,10 @@ def runs(tmp_path_factory):
                       "--push_to_hub", "--hub_token", "hf_secret_token", "--hub_model_id", "me/ddpm"],
                      root / "push.log", HF_ENDPOINT="http://127.0.0.1:9")  # fmt: skip
 
+    out.sc = root / "sc"
+    run_sc = start([*TINY, "--max_train_steps", "4", "--checkpointing_steps", "2", "--logger", "none",
+                    "--self_condition", "--output_dir", str(out.sc)], root / "sc.log")  # fmt: skip
+
     # Skip: a folder with unusable files among its images.
     faces = root / "faces"
     faces.mkdir()
@@ -108,7 +112,7 @@ def runs(tmp_path_factory):
     out.b3 = start([*RUN, "--output_dir", str(out.b), "--resume_from_checkpoint", "latest"], root / "b3.log").wait()
 
     out.run_a, out.run_nan, out.run_fp16, out.run_push = run_a.wait(), run_nan.wait(), run_fp16.wait(), run_push.wait()
-    out.run_skip = run_skip.wait()
+    out.run_skip, out.run_sc = run_skip.wait(), run_sc.wait()
     out.dump_a = read_jsonl(dump_a / "rank0.jsonl") if (dump_a / "rank0.jsonl").exists() else []
     return out
 
@@ -191,6 +195,22 @@ def test_final_pipeline_holds_the_ema_weights_and_samples(runs):
     assert (runs.a / "samples.png").is_file()
     assert sorted(p.name for p in (runs.a / "samples").iterdir()) == ["step-0000006.png", "step-0000012.png"]
     assert (runs.a / "README.md").is_file()
+
+
+def test_a_self_conditioned_run_saves_a_pipeline_that_feeds_its_unet_and_resumes_only_as_one(runs):
+    from anime_ddpm import AnimeDDPMPipeline, scheduler_from
+
+    ok(runs.run_sc)
+    pipe = AnimeDDPMPipeline.from_pretrained(runs.sc)
+    assert pipe.unet.config.in_channels == 6 and pipe.unet.config.self_condition
+    pipe.scheduler = scheduler_from("dpm++", pipe.scheduler)
+    image = pipe(batch_size=2, num_inference_steps=3, output_type="pt").images
+    assert image.shape == (2, 3, 16, 16) and torch.isfinite(image).all()
+    assert "self-conditioned" in (runs.sc / "README.md").read_text()
+    refused = start([*TINY, "--max_train_steps", "6", "--logger", "none", "--output_dir", str(runs.sc),
+                     "--resume_from_checkpoint", "latest"], runs.root / "sc-refused.log").wait()  # fmt: skip
+    assert refused.returncode != 0
+    assert "belongs to another run: --self_condition True (this run: False)" in refused.output
 
 
 @slow
