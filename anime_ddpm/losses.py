@@ -479,17 +479,19 @@ class DiffusionLoss:
         estimate = torch.zeros_like(x_t)
         draw_device = generator.device if generator is not None else x_t.device
         chosen = (torch.rand(x_t.shape[0], generator=generator, device=draw_device) < 0.5).nonzero().squeeze(1)
-        if len(chosen) == 0:
-            return estimate
         chosen = chosen.to(x_t.device)
-        x_chosen, t_chosen = x_t[chosen], t[chosen]
-        labels = class_labels[chosen] if class_labels is not None else None
+        # The first pass runs once per batch even when no example was chosen (on one, discarded): FSDP and ZeRO-3
+        # gather the weights in every forward, and a rank that skipped it would leave the others waiting.
+        passed = chosen if len(chosen) else torch.zeros(1, dtype=torch.long, device=x_t.device)
+        x_passed, t_passed = x_t[passed], t[passed]
+        labels = class_labels[passed] if class_labels is not None else None
         with torch.no_grad():
-            output = model(torch.cat([x_chosen, torch.zeros_like(x_chosen)], 1), t_chosen, labels)
+            output = model(torch.cat([x_passed, torch.zeros_like(x_passed)], 1), t_passed, labels)
             prediction = getattr(output, "sample", output).float()[:, : x_t.shape[1]]
             with _autocast_disabled(x_t.device):
-                x0 = self.schedule.predict_x0(prediction, x_chosen, t_chosen, self.prediction_type)
-        estimate[chosen] = x0.clamp(-1.0, 1.0)
+                x0 = self.schedule.predict_x0(prediction, x_passed, t_passed, self.prediction_type)
+        if len(chosen):
+            estimate[chosen] = x0.clamp(-1.0, 1.0)
         return estimate
 
     def loss_from_output(

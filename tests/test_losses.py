@@ -295,6 +295,20 @@ def test_self_conditioning_feeds_half_the_batch_its_own_clipped_x0_without_gradi
     torch.testing.assert_close(model.weight.grad, expected, atol=1e-4, rtol=1e-4)
 
 
+def test_self_conditioning_runs_the_first_pass_even_when_no_example_was_chosen():
+    """Every rank must run as many forwards as the others (FSDP and ZeRO-3 gather weights in each): a batch where
+    the coin chose no example still makes the first pass, and its result is discarded."""
+    scheduler = make_noise_scheduler(prediction_type="sample")
+    seed = next(s for s in range(100) if torch.rand(1, generator=torch.Generator().manual_seed(s)).item() >= 0.5)
+    model = SelfConditionedModel()
+    DiffusionLoss(scheduler, self_condition=True)(
+        model, images(shape=(1, 3, 4, 4)), timesteps=torch.tensor([10]), noise=gaussian(1, (1, 3, 4, 4)),
+        generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
+    assert len(model.calls) == 2
+    assert torch.equal(model.calls[1][0][:, 3:], torch.zeros(1, 3, 4, 4))
+
+
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 def test_learned_range_oracle_has_zero_kl(prediction_type):
     """Exact mean channels and v = -1 (Sigma = beta~_t, the true posterior variance) make every KL term vanish."""
