@@ -39,7 +39,6 @@ from diffusers.training_utils import EMAModel
 
 from .config import IDENTITY_WHEN_SET
 from .errors import TrainingError, first_line
-from .models import unet_from_config
 
 
 logger = logging.getLogger(__name__)
@@ -240,7 +239,7 @@ class Checkpointer:
             if not accelerator.is_main_process:
                 return
             if ema is not None:
-                ema_unet = unet_from_config(unet_config)
+                ema_unet = UNet2DModel.from_config(unet_config)
                 ema.copy_to(ema_unet.parameters())
                 ema_unet.save_pretrained(os.path.join(folder, EMA_DIR))
             if weights:  # DeepSpeed and FSDP save the model themselves and pass no weights

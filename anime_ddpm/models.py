@@ -117,21 +117,6 @@ def unet_config(
     return config
 
 
-# Keys of ours in a UNet's config (unet/config.json) that `UNet2DModel.__init__` does not take.
-EXTRA_CONFIG_KEYS = ("domains", "self_condition")
-
-
-def unet_from_config(config: Any) -> UNet2DModel:
-    """`UNet2DModel.from_config` that keeps our extra keys (domains, self_condition) without diffusers' warning that
-    they "will be ignored": they are read by the pipeline, not by the UNet."""
-    config = dict(config)
-    extra = {key: config.pop(key) for key in EXTRA_CONFIG_KEYS if key in config}
-    unet = UNet2DModel.from_config(config)
-    if extra:
-        unet.register_to_config(**extra)
-    return unet
-
-
 def build_unet(
     preset: str = DEFAULT_PRESET, resolution: int = 32, self_condition: bool = False, **kwargs: Any
 ) -> UNet2DModel:

@@ -8,7 +8,9 @@ every model we push, so users with only diffusers installed can load it with
 
 from __future__ import annotations
 
+import ast
 import inspect
+import logging
 import math
 import os
 import shutil
@@ -30,6 +32,29 @@ EPSILON_ONLY_SCHEDULERS = (
     "DPMSolverSDEScheduler",
 )
 CALLBACK_TENSOR_INPUTS = ("latents", "pred_original_sample", "model_output")
+
+# Keys of a UNet's config (unet/config.json) that this pipeline reads and `UNet2DModel.__init__` does not take.
+PIPELINE_CONFIG_KEYS = ("domains", "self_condition")
+
+
+class PipelineConfigKeysFilter(logging.Filter):
+    """Drops diffusers' warning that our UNet config keys "will be ignored" (they are kept in the config, which is
+    where this pipeline reads them); the warning about any other unexpected key still shows."""
+
+    prefix, marker = "The config attributes ", " were passed to UNet2DModel"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith(self.prefix) or self.marker not in message:
+            return True
+        try:
+            keys = ast.literal_eval(message[len(self.prefix) : message.index(self.marker)]).keys()
+        except (ValueError, SyntaxError, AttributeError):
+            return True
+        return not set(keys) <= set(PIPELINE_CONFIG_KEYS)
+
+
+logging.getLogger("diffusers.configuration_utils").addFilter(PipelineConfigKeysFilter())
 
 
 def predict_original_sample(

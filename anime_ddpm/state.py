@@ -33,7 +33,7 @@ from .conditioning import SourceConditioning, conditional_unet_config
 from .config import TrainingConfig
 from .data import DataConfig, TrainDataset, TrainLoader, build_dataloader, build_dataset
 from .errors import TrainingError, first_line
-from .models import build_unet, unet_from_config
+from .models import build_unet
 
 
 logger = get_logger(__name__)
@@ -191,7 +191,7 @@ def build_model(
             unet_config = {**unet_config, "self_condition": True}
         elif unet_config.get("self_condition"):
             raise TrainingError(f"The UNet config {config.model_config_name_or_path} is self-conditioned: train it with --self_condition.")  # fmt: skip
-        model = unet_from_config(unet_config)
+        model = UNet2DModel.from_config(unet_config)
         if model.config.out_channels != out_channels:
             raise TrainingError(
                 f"The UNet config has out_channels={model.config.out_channels} but variance_type "

@@ -33,7 +33,6 @@ from .conditioning import domain_grid
 from .config import TrainingConfig, parse_args
 from .data import DataError
 from .errors import TrainingError
-from .models import unet_from_config
 from .pipeline import AnimeDDPMPipeline
 from .run_log import RunLog, log_grid, precision_name
 from .sampling import generate
@@ -86,7 +85,7 @@ def train(config: TrainingConfig, callbacks: Callbacks | None = None) -> int:
             state.load_checkpoint_state(*checkpoints.load(*resume))
         preview_unet = None  # the copy previews load the EMA (or current) weights into: main process only
         if accelerator.is_main_process:
-            preview_unet = unet_from_config(state.unet.config).to(accelerator.device).eval()
+            preview_unet = UNet2DModel.from_config(state.unet.config).to(accelerator.device).eval()
         run_log = RunLog(config, state, output_dir)
         run_log.start(threads=choose_cpu_threads(accelerator))
 
@@ -149,7 +148,7 @@ def train(config: TrainingConfig, callbacks: Callbacks | None = None) -> int:
         accelerator.wait_for_everyone()
         if state.step and not os.path.isdir(os.path.join(output_dir, f"checkpoint-{state.step}")):  # to go on exactly
             checkpoints.save(state.step, *state.checkpoint_state(state.agreed_elapsed()))
-        final_unet = copy_weights(unet_from_config(state.unet.config), state)
+        final_unet = copy_weights(UNet2DModel.from_config(state.unet.config), state)
         callbacks.on_train_end(state, final_unet)
         summary = run_log.finish("completed")
         exit_code = 0

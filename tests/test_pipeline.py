@@ -1,12 +1,13 @@
 import ast
 import json
+import logging
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline, PNDMScheduler
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline, PNDMScheduler, UNet2DModel
 
 from anime_ddpm import AnimeDDPMPipeline, DenoisingRecorder, build_unet, scheduler_from
 from anime_ddpm import pipeline as pipeline_module
@@ -224,6 +225,25 @@ def test_a_self_conditioned_unet_sees_the_previous_steps_clipped_x0(name):
     for step in range(1, 5):
         torch.testing.assert_close(extra[step], recorder.pred_original_samples[step - 1].clamp(-1, 1))
     assert any(extra[step].abs().max() > 0 for step in range(1, 5))
+
+
+def test_loading_a_self_conditioned_pipeline_does_not_warn_that_its_keys_are_ignored(tmp_path):
+    """diffusers warns that config keys UNet2DModel does not take "will be ignored": ours are read by the pipeline,
+    so loading says nothing about them, and still warns about any other unexpected key."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    diffusers_config_logger = logging.getLogger("diffusers.configuration_utils")
+    diffusers_config_logger.addHandler(handler)
+    try:
+        unet = build_unet("tiny", 8, self_condition=True)
+        AnimeDDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path)
+        loaded = AnimeDDPMPipeline.from_pretrained(tmp_path)
+        assert loaded.unet.config.self_condition and not records
+        UNet2DModel.from_config({**unet.config, "not_a_unet_key": 1})
+    finally:
+        diffusers_config_logger.removeHandler(handler)
+    assert len(records) == 1 and "not_a_unet_key" in records[0].getMessage()
 
 
 def test_predicted_x0_is_exact_for_the_oracle():
