@@ -2,7 +2,8 @@
 
 A checkpoint folder holds
 - `unet/` and `unet_ema/`: the model and its EMA in diffusers' format (safetensors; `UNet2DModel.from_pretrained`
-  loads either, so a checkpoint can be sampled), written and read through Accelerate's save/load hooks;
+  loads either, so a checkpoint can be sampled), written and read through Accelerate's save/load hooks, and with
+  `--ema_snapshot_steps` the power-function EMAs the same way, in `unet_ema_sigma_rel_<s>/`;
 - what Accelerate's `save_state` writes besides: `optimizer.bin`, `random_states_<rank>.pkl`, `scaler.pt` (fp16),
   or the shards of DeepSpeed/FSDP; Accelerate reads them back with `torch.load(weights_only=True)`;
 - `rank_state_<rank>.pt`: each process's data position and noise generator (tensors, ints and dicts, read with
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "anime-ddpm-checkpoint/2"
 MANIFEST = "checkpoint.json"
 UNET_DIR, EMA_DIR = "unet", "unet_ema"
+SNAPSHOT_EMA_DIR = "unet_ema_sigma_rel_{sigma_rel:.3f}"
 RANK_STATE = "rank_state_{rank}.pt"
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TMP_PREFIX = ".tmp-checkpoint-"  # must not start with "checkpoint": `latest` (ours and diffusers') ignores it
@@ -230,26 +232,29 @@ class Checkpointer:
     def run_id(self) -> str:
         return run_id(self.identity)
 
-    def register(self, ema: EMAModel | None, unet_config: dict[str, Any]) -> None:
-        """The model goes to `unet/` and the EMA weights to `unet_ema/`, both plain diffusers UNets, through
-        Accelerate's hooks (the EMA's counters travel in the manifest, with the rest of the shared state)."""
+    def register(self, emas: dict[str, EMAModel], unet_config: dict[str, Any]) -> None:
+        """The model goes to `unet/` and each EMA to its folder (`unet_ema/`, `unet_ema_sigma_rel_<s>/`), all plain
+        diffusers UNets, through Accelerate's hooks (the EMAs' counters travel in the manifest, with the rest of the
+        shared state)."""
         accelerator = self.accelerator
 
         def save_hook(models: list, weights: list, folder: str) -> None:
             if not accelerator.is_main_process:
                 return
-            if ema is not None:
+            for subfolder, ema in emas.items():
                 ema_unet = UNet2DModel.from_config(unet_config)
                 ema.copy_to(ema_unet.parameters())
-                ema_unet.save_pretrained(os.path.join(folder, EMA_DIR))
+                ema_unet.save_pretrained(os.path.join(folder, subfolder))
             if weights:  # DeepSpeed and FSDP save the model themselves and pass no weights
                 for model in models:
                     accelerator.unwrap_model(model).save_pretrained(os.path.join(folder, UNET_DIR))
                     weights.pop()
 
         def load_hook(models: list, folder: str) -> None:
-            if ema is not None:
-                saved = UNet2DModel.from_pretrained(folder, subfolder=EMA_DIR)
+            for subfolder, ema in emas.items():
+                if not os.path.isdir(os.path.join(folder, subfolder)):  # the power EMAs must start with the run
+                    raise TrainingError(f"it was written without the EMA that {subfolder}/ would hold: resume it without --ema_snapshot_steps, or start a new run with it.")  # fmt: skip
+                saved = UNet2DModel.from_pretrained(folder, subfolder=subfolder)
                 ema.load_state_dict({"shadow_params": [p.detach().to(accelerator.device) for p in saved.parameters()]})
             while models:  # DeepSpeed and FSDP load the model themselves and pass no models
                 model = accelerator.unwrap_model(models.pop())

@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -164,6 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", default="metrics.json", help="JSON report")
     evaluate.add_argument("--grid", default=None, help="also save a grid of (up to 64) samples")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    posthoc = _command(commands, "posthoc-ema", help="a pipeline with an EMA of any length, made after the run")
+    posthoc.add_argument("run_dir", help="the --output_dir of a finished run trained with --ema_snapshot_steps")
+    posthoc.add_argument(
+        "--sigma-rel",
+        type=_finite_float,
+        default=0.10,
+        help="the EMA length, relative to the run (Karras et al. 2024)",
+    )
+    posthoc.add_argument("--step", type=int, default=None, help="the snapshot step to rebuild at (default: the last)")
+    posthoc.add_argument("--output-dir", default=None, help="the new pipeline (default: RUN_DIR-ema-<sigma-rel>)")
+    posthoc.set_defaults(handler=cmd_posthoc_ema)
 
     add_demo_parser(commands)
     return parser
@@ -697,6 +710,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(results))
     print(args.output)
+    return 0
+
+
+def cmd_posthoc_ema(args: argparse.Namespace) -> int:
+    from .posthoc_ema import MAX_SIGMA_REL
+
+    if not 0 < args.sigma_rel <= MAX_SIGMA_REL:
+        raise CLIError(f"--sigma-rel must be above 0 and at most {MAX_SIGMA_REL}, got {args.sigma_rel}.")
+    run = Path(args.run_dir)
+    if not (run / "model_index.json").is_file():
+        raise CLIError(f"{run} holds no trained pipeline (model_index.json): give the --output_dir of a finished run, or finish this one with --resume_from_checkpoint latest.")  # fmt: skip
+    output = Path(args.output_dir or f"{str(run).rstrip('/')}-ema-{args.sigma_rel:g}")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise CLIError(f"--output-dir {output} already exists: choose another, or remove it first.")
+    check_folder(output, "--output-dir")
+    from . import ema_snapshots
+    from .pipeline import AnimeDDPMPipeline
+
+    snapshots = ema_snapshots.find(str(run))
+    if not snapshots:
+        raise CLIError(f"{run} has no EMA snapshots ({run / ema_snapshots.SNAPSHOT_DIR}): train with --ema_snapshot_steps N to write them.")  # fmt: skip
+    try:
+        state_dict, step = ema_snapshots.reconstruct(snapshots, args.sigma_rel, args.step)
+    except ValueError as error:
+        raise CLIError(f"Cannot rebuild the EMA from {run / ema_snapshots.SNAPSHOT_DIR}: {error}.") from None
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()  # the "Loading pipeline components" bar
+    pipe = AnimeDDPMPipeline.from_pretrained(run)
+    pipe.unet.load_state_dict(state_dict)
+    tmp = output.with_name(f".tmp-{output.name}")  # a killed command leaves no half pipeline at --output-dir
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp)
+    if output.exists():
+        output.rmdir()  # empty, checked above
+    os.replace(tmp, output)
+    used = sum(snapshot.step <= step for snapshot in snapshots)
+    print(f"The EMA of sigma_rel {args.sigma_rel:g} at step {step}, from {used} snapshots: {output}")
     return 0
 
 

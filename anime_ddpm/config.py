@@ -97,6 +97,7 @@ class OptimisationOptions:
     ema_inv_gamma: float = option(1.0, "EMA warm-up: decay = 1 - (1 + step / inv_gamma) ** -power")
     ema_power: float = option(0.75, "EMA warm-up power")
     ema_max_decay: float = option(0.9999, "EMA maximum decay")
+    ema_snapshot_steps: int = option(0, "every this many steps, save two power-function EMAs (Karras et al. 2024) to output_dir/ema_snapshots/, from which `anime-ddpm posthoc-ema` makes an EMA of any length after the run (0: off)")  # fmt: skip
     mixed_precision: str | None = option(None, "no, fp16 (GPU) or bf16 (default: the launcher's, else bf16 where native)", ("no", "fp16", "bf16"))  # fmt: skip
     compile: bool = option(False, "torch.compile the UNet (minutes of start-up the first time)")
     seed: int = option(0, "seed of the weights, the noise and the data order")
@@ -170,7 +171,7 @@ AT_LEAST_ONE = ("resolution", "train_batch_size", "gradient_accumulation_steps",
                 "num_samples", "logging_steps", "ddpm_num_steps", "ddpm_num_inference_steps", "max_train_steps",
                 "num_epochs", "checkpoints_total_limit", "save_images_epochs", "save_model_epochs", "sample_steps")  # fmt: skip
 NOT_NEGATIVE = ("data_retry_minutes", "learning_rate", "lr_warmup_steps", "max_grad_norm", "adam_weight_decay", "dataloader_num_workers",
-                "save_images_steps", "max_nonfinite_steps", "shuffle_buffer", "input_perturbation")  # fmt: skip
+                "save_images_steps", "max_nonfinite_steps", "shuffle_buffer", "input_perturbation", "ema_snapshot_steps")  # fmt: skip
 POSITIVE = ("adam_epsilon", "ema_inv_gamma", "ema_power", "snr_gamma", "logit_std")
 UNIT_INTERVAL = ("ema_max_decay", "class_dropout_prob", "adam_beta1", "adam_beta2")
 

@@ -14,7 +14,7 @@ import re
 import time
 import types
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from .config import TrainingConfig
 from .data import DataConfig, TrainDataset, TrainLoader, build_dataloader, build_dataset
 from .errors import TrainingError, first_line
 from .models import build_unet
+from .posthoc_ema import SNAPSHOT_SIGMA_RELS, PowerFunctionEMA
 
 
 logger = get_logger(__name__)
@@ -432,6 +433,8 @@ class TrainingState:
     generator: torch.Generator
     max_train_steps: int | None  # None: only the time budget limits the run
     step: int = 0  # optimiser steps done
+    # --ema_snapshot_steps: the power-function EMAs snapshotted for post-hoc EMA, by sigma_rel (empty when off)
+    snapshot_emas: dict[float, PowerFunctionEMA] = field(default_factory=dict)
 
     @classmethod
     def build(cls, config: TrainingConfig, accelerator: Accelerator) -> TrainingState:
@@ -465,9 +468,14 @@ class TrainingState:
         if ema is not None:
             ema.to(accelerator.device)
         batches = Batches(loader, retry_seconds=retry_seconds)
-        return cls(config, accelerator, dataset, batches, conditioning, noise_scheduler, loss_fn, model, ema,
-                   optimizer, lr_scheduler, clock, noise_generator(config.seed, rank, accelerator.device),
-                   max_train_steps)  # fmt: skip
+        state = cls(config, accelerator, dataset, batches, conditioning, noise_scheduler, loss_fn, model, ema,
+                    optimizer, lr_scheduler, clock, noise_generator(config.seed, rank, accelerator.device),
+                    max_train_steps)  # fmt: skip
+        if config.ema_snapshot_steps:
+            for sigma_rel in SNAPSHOT_SIGMA_RELS:
+                state.snapshot_emas[sigma_rel] = PowerFunctionEMA(state.unet.parameters(), sigma_rel)
+                state.snapshot_emas[sigma_rel].to(accelerator.device)
+        return state
 
     @property
     def unet(self) -> UNet2DModel:
@@ -485,8 +493,9 @@ class TrainingState:
 
     def finish_step(self, elapsed: float) -> None:
         """After an optimiser step: the EMA follows the weights, the step counts, the LR moves on."""
-        if self.ema is not None:
-            self.ema.step(self.unet.parameters())
+        for ema in (self.ema, *self.snapshot_emas.values()):
+            if ema is not None:
+                ema.step(self.unet.parameters())
         self.step += 1
         self.batches.mark_step()
         if isinstance(self.lr_scheduler, TimeBudgetLR):
@@ -499,6 +508,8 @@ class TrainingState:
         shared = {"lr_scheduler": self.lr_scheduler.state_dict(), "clock": self.clock.state_dict(elapsed)}
         if self.ema is not None:  # its counters; the weights are in unet_ema/
             shared["ema"] = {k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"}
+        if self.snapshot_emas:  # their weights are in unet_ema_sigma_rel_*/
+            shared["snapshot_emas"] = {repr(s): ema.optimization_step for s, ema in self.snapshot_emas.items()}
         per_rank = {"step": self.step, "data": self.batches.state_dict(), "generator": self.generator.get_state()}
         return shared, per_rank
 
@@ -506,6 +517,8 @@ class TrainingState:
         self.lr_scheduler.load_state_dict(shared["lr_scheduler"])
         if self.ema is not None:
             self.ema.load_state_dict(shared["ema"])
+        for sigma_rel, ema in self.snapshot_emas.items():
+            ema.optimization_step = shared["snapshot_emas"][repr(sigma_rel)]
         self.clock.load_state_dict(shared["clock"])
         self.step = per_rank["step"]
         self.batches.load_state_dict(per_rank["data"])

@@ -26,8 +26,9 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, broadcast_object_list, set_seed
 from diffusers import UNet2DModel
+from diffusers.training_utils import EMAModel
 
-from . import checkpoint, hub, losses, network, rundir, viz
+from . import checkpoint, ema_snapshots, hub, losses, network, rundir, viz
 from .checkpoint import Checkpointer
 from .conditioning import domain_grid
 from .config import TrainingConfig, parse_args
@@ -79,10 +80,12 @@ def train(config: TrainingConfig, callbacks: Callbacks | None = None) -> int:
         state = TrainingState.build(config, accelerator)
         checkpoints = Checkpointer(accelerator, output_dir, identity, config.checkpoints_total_limit,
                                    before_publish=callbacks.on_checkpoint_written)  # fmt: skip
-        checkpoints.register(state.ema, state.unet.config)
+        checkpoints.register(checkpoint_emas(state), state.unet.config)
         if resume is not None:
             accelerator.print(f"Resuming from {resume[0]}")
             state.load_checkpoint_state(*checkpoints.load(*resume))
+        if accelerator.is_main_process:  # this run's snapshots from after the checkpoint: about to be written again
+            ema_snapshots.drop_after(output_dir, state.step, checkpoints.run_id)
         preview_unet = None  # the copy previews load the EMA (or current) weights into: main process only
         if accelerator.is_main_process:
             preview_unet = UNet2DModel.from_config(state.unet.config).to(accelerator.device).eval()
@@ -132,6 +135,8 @@ def train(config: TrainingConfig, callbacks: Callbacks | None = None) -> int:
             # -- checkpoint, previews, epoch-based saves (diffusers' flags)
             with run_log.paused():
                 epoch_done, epoch_seen = state.batches.epoch > epoch_seen, state.batches.epoch
+                if state.snapshot_emas and (state.step % config.ema_snapshot_steps == 0 or done):
+                    write_snapshots(state, output_dir, checkpoints.run_id)
                 if state.step % config.checkpointing_steps == 0:
                     last_checkpoint = checkpoints.save(state.step, *state.checkpoint_state(elapsed))
                     logger.info(f"Saved {last_checkpoint}")
@@ -267,6 +272,22 @@ def copy_weights(target: UNet2DModel | None, state: TrainingState) -> UNet2DMode
         else:
             target.load_state_dict(state_dict)
     return target
+
+
+def checkpoint_emas(state: TrainingState) -> dict[str, EMAModel]:
+    """Every EMA a checkpoint holds, by folder: the EMA of --use_ema and the power-function EMAs of snapshots."""
+    emas = {checkpoint.EMA_DIR: state.ema} if state.ema is not None else {}
+    emas.update({checkpoint.SNAPSHOT_EMA_DIR.format(sigma_rel=s): ema for s, ema in state.snapshot_emas.items()})
+    return emas
+
+
+def write_snapshots(state: TrainingState, output_dir: str, run_id: str) -> None:
+    """Main process: each power-function EMA's weights now, for `anime-ddpm posthoc-ema` (ema_snapshots.py)."""
+    if state.accelerator.is_main_process:
+        names = [name for name, _ in state.unet.named_parameters()]
+        for sigma_rel, ema in state.snapshot_emas.items():
+            tensors = dict(zip(names, ema.shadow_params, strict=True))
+            ema_snapshots.write(output_dir, state.step, sigma_rel, run_id, tensors)
 
 
 def sample_grid(unet: UNet2DModel, state: TrainingState, num_images: int):

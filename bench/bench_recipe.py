@@ -150,6 +150,16 @@ def raw_unet(run_dir: Path):
     return UNet2DModel.from_pretrained(checkpoints[-1])
 
 
+def posthoc_state_dict(run_dir: Path, sigma_rel: float) -> dict:
+    """The post-hoc EMA of `sigma_rel` at the run's last snapshot (anime_ddpm.ema_snapshots)."""
+    from anime_ddpm import ema_snapshots
+
+    snapshots = ema_snapshots.find(str(run_dir))
+    if not snapshots:
+        sys.exit(f"{run_dir} has no EMA snapshots: train it with --ema_snapshot_steps N.")
+    return ema_snapshots.reconstruct(snapshots, sigma_rel)[0]
+
+
 def sampler_pipeline(pipe, sampler: str, fast_name: str, fast_steps: int):
     """The pipeline and step count of one `--samplers` entry, over the same UNet."""
     from diffusers import DDIMScheduler, DDPMScheduler
@@ -194,9 +204,10 @@ def main() -> None:
     parser.add_argument("--grid", default=None, help="default: --output-dir/bench_recipe.png")
     parser.add_argument("--grid-columns", type=int, default=12)
     parser.add_argument("--skip-training", action="store_true", help="score the pipelines of an earlier run")
-    parser.add_argument("--weights", choices=("ema", "raw"), default="ema",
+    parser.add_argument("--weights", default="ema",
                         help="ema: the saved pipelines; raw: the trained weights without EMA, from each run's last "
-                             "checkpoint (results-raw.json, bench_recipe-raw.png)")  # fmt: skip
+                             "checkpoint (results-raw.json, bench_recipe-raw.png); sigma_rel=S: the post-hoc EMA of "
+                             "length S from the run's --ema_snapshot_steps snapshots (results-sigma_rel=S.json)")  # fmt: skip
     args = parser.parse_args()
 
     recipes = dict(RECIPES)
@@ -278,6 +289,8 @@ def main() -> None:
         pipe = load_pipeline(str(runs_dir / name), device="cpu")
         if args.weights == "raw":
             pipe.unet.load_state_dict(raw_unet(runs_dir / name).state_dict())
+        elif args.weights.startswith("sigma_rel="):
+            pipe.unet.load_state_dict(posthoc_state_dict(runs_dir / name, float(args.weights.partition("=")[2])))
         pipe.set_progress_bar_config(disable=True)
         scores[name], levels[name], judged[name] = {}, {}, {}
         for sampler in samplers:

@@ -182,6 +182,8 @@ def runner_of(command: Command) -> str | None:
             return "cli" if "--export-space" in words else "serve"
         if words[1] in ("sample", "denoise", "noise", "data-preview", "evaluate"):
             return "cli"
+        if words[1] == "posthoc-ema":
+            return "cli-writer"  # it makes a pipeline that the commands after it read: run before them, not beside
     if words[:2] == ["python", "-c"] or words == ["python", "train_with_accelerate.py", "--help"]:
         return "python"
     return None

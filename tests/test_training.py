@@ -50,6 +50,7 @@ RUN = [
     "--lr_warmup_steps", "4",
     "--save_images_steps", "6",
     "--logging_steps", "3",
+    "--ema_snapshot_steps", "3",
     "--seed", "3",
 ]  # fmt: skip
 NAN_RUN = [
@@ -134,7 +135,12 @@ def test_killed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(ru
     assert "Resuming from" in runs.b3.output and "checkpoint-4" in runs.b3.output
 
     weights = "diffusion_pytorch_model.safetensors"
-    for name in (f"checkpoint-12/unet/{weights}", f"checkpoint-12/unet_ema/{weights}", f"unet/{weights}"):
+    snapshots = sorted(p.relative_to(runs.a).as_posix() for p in (runs.a / "ema_snapshots").iterdir())
+    assert len(snapshots) == 8  # steps 3, 6, 9, 12; sigma_rel 0.05 and 0.10; the killed run's extra ones redone
+    assert snapshots == sorted(p.relative_to(runs.b).as_posix() for p in (runs.b / "ema_snapshots").iterdir())
+    names = [f"checkpoint-12/unet/{weights}", f"checkpoint-12/unet_ema/{weights}", f"unet/{weights}", *snapshots]
+    names += [f"checkpoint-12/unet_ema_sigma_rel_{s}/{weights}" for s in ("0.050", "0.100")]
+    for name in names:
         a, b = load_file(runs.a / name), load_file(runs.b / name)
         assert a.keys() == b.keys()
         for key in a:
@@ -146,6 +152,7 @@ def test_killed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(ru
             assert torch.equal(value, optim_b["state"][index][key]), (index, key)
     manifest_a, manifest_b = (checkpoint.verify(run / "checkpoint-12") for run in (runs.a, runs.b))
     assert manifest_a["ema"] == manifest_b["ema"] and manifest_a["ema"]["optimization_step"] == 12
+    assert manifest_a["snapshot_emas"] == manifest_b["snapshot_emas"] == {"0.05": 12, "0.1": 12}
     assert manifest_a["lr_scheduler"] == manifest_b["lr_scheduler"]
     assert manifest_a["run_id"] == manifest_b["run_id"]
 
@@ -211,6 +218,49 @@ def test_a_self_conditioned_run_saves_a_pipeline_that_feeds_its_unet_and_resumes
                      "--resume_from_checkpoint", "latest"], runs.root / "sc-refused.log").wait()  # fmt: skip
     assert refused.returncode != 0
     assert "belongs to another run: --self_condition True (this run: False)" in refused.output
+
+
+def test_posthoc_ema_makes_a_pipeline_of_any_ema_length_from_the_snapshots(runs, tmp_path, capsys):
+    from anime_ddpm import AnimeDDPMPipeline, cli
+
+    ok(runs.run_a)
+    weights = "diffusion_pytorch_model.safetensors"
+    assert cli.main(["posthoc-ema", str(runs.a), "--sigma-rel", "0.05", "--output-dir", str(tmp_path / "e05")]) == 0
+    assert "The EMA of sigma_rel 0.05 at step 12, from 8 snapshots" in capsys.readouterr().out
+    rebuilt = load_file(tmp_path / "e05" / "unet" / weights)
+    tracked = load_file(runs.a / "checkpoint-12" / "unet_ema_sigma_rel_0.050" / weights)  # the run's own 0.05 EMA
+    for key in tracked:
+        torch.testing.assert_close(rebuilt[key], tracked[key], rtol=1e-4, atol=1e-6)
+    assert cli.main(["posthoc-ema", str(runs.a), "--sigma-rel", "0.2", "--step", "9", "--output-dir", str(tmp_path / "e20")]) == 0  # fmt: skip
+    pipe = AnimeDDPMPipeline.from_pretrained(tmp_path / "e20")
+    image = pipe(batch_size=2, num_inference_steps=3, output_type="pt").images
+    assert image.shape == (2, 3, 16, 16) and torch.isfinite(image).all()
+    assert not torch.equal(load_file(tmp_path / "e20" / "unet" / weights)["conv_in.weight"], rebuilt["conv_in.weight"])
+
+    capsys.readouterr()
+    new, taken = str(tmp_path / "new"), str(tmp_path / "e05")
+    for argv, message in [
+        ([str(runs.a), "--sigma-rel", "0.4", "--output-dir", new], "--sigma-rel must be above 0 and at most 0.28"),
+        (
+            [str(runs.a), "--step", "10", "--output-dir", new],
+            "there is no snapshot at step 10; the snapshots are at steps 3 to 12.",
+        ),  # fmt: skip
+        ([str(runs.a), "--output-dir", taken], f"--output-dir {taken} already exists: choose another"),
+        ([str(runs.sc), "--output-dir", new], "has no EMA snapshots"),
+        ([str(tmp_path), "--output-dir", new], "holds no trained pipeline (model_index.json)"),
+    ]:
+        assert cli.main(["posthoc-ema", *argv]) == 1, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_run_without_snapshots_does_not_resume_with_them(runs):
+    ok(runs.run_sc)
+    refused = start([*TINY, "--max_train_steps", "6", "--logger", "none", "--output_dir", str(runs.sc), "--self_condition",
+                     "--ema_snapshot_steps", "2", "--resume_from_checkpoint", "latest"], runs.root / "snap-refused.log").wait()  # fmt: skip
+    assert refused.returncode != 0
+    assert "was written without the EMA that unet_ema_sigma_rel_0.050/ would hold: resume it without --ema_snapshot_steps" in refused.output  # fmt: skip
 
 
 @slow
