@@ -1,4 +1,4 @@
-"""The `anime-ddpm` command: sample, watch the reverse and forward processes, preview data, evaluate.
+"""The `anime-ddpm` command: sample, watch the reverse and forward processes, preview data, evaluate, rebuild an EMA.
 
 Heavy libraries are imported inside the commands so `anime-ddpm --help` answers at once. User mistakes (missing
 model, unknown scheduler, zero images, an output that cannot be written, no network) end with one sentence on stderr
