@@ -71,10 +71,15 @@ def find(output_dir: str) -> list[Snapshot]:
 
 
 def drop_after(output_dir: str, step: int, run_id: str) -> int:
-    """Delete this run's snapshots from after `step` (a resume writes them again); another run's are never touched."""
+    """Delete this run's snapshots from after `step` (a resume writes them again) and the half-written files of a
+    killed write; another run's snapshots are never touched. Returns how many snapshots went."""
     doomed = [s for s in find(output_dir) if s.run_id == run_id and s.step > step]
     for snapshot in doomed:
         os.remove(snapshot.path)
+    folder = os.path.join(output_dir, SNAPSHOT_DIR)
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        if name.endswith(".safetensors.tmp"):  # the folder is locked to this run: nobody else is writing it
+            os.remove(os.path.join(folder, name))
     return len(doomed)
 
 

@@ -130,7 +130,10 @@ def test_mixed_runs_and_steps_between_snapshots_are_refused(tmp_path, setup, kwa
 def test_a_resume_drops_only_its_own_later_snapshots(tmp_path):
     write_run(tmp_path, "run-a")
     write_run(tmp_path, "run-b", steps=(300, 400))
+    half_written = tmp_path / ema_snapshots.SNAPSHOT_DIR / "step-00000500-sigma_rel-0.050-run-run-a.safetensors.tmp"
+    half_written.write_bytes(b"\x00" * 10)
     assert ema_snapshots.drop_after(str(tmp_path), 200, "run-a") == 2
+    assert not half_written.exists()
     left = {(s.run_id, s.step) for s in ema_snapshots.find(str(tmp_path))}
     assert left == {("run-a", 100), ("run-a", 200), ("run-b", 300), ("run-b", 400)}
 
