@@ -171,7 +171,15 @@ def test_checkpoints_are_named_and_rotated_like_diffusers(runs):
     ok(runs.run_a)
     assert sorted(p.name for p in runs.a.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-8"]
     files = {p.name for p in (runs.a / "checkpoint-12").iterdir()}
-    assert files == {"unet", "unet_ema", "optimizer.bin", "random_states_0.pkl", "rank_state_0.pt", "checkpoint.json"}
+    ema_folders = {"unet_ema", "unet_ema_sigma_rel_0.050", "unet_ema_sigma_rel_0.100"}  # RUN snapshots its EMAs
+    assert files == {
+        "unet",
+        *ema_folders,
+        "optimizer.bin",
+        "random_states_0.pkl",
+        "rank_state_0.pt",
+        "checkpoint.json",
+    }
     rank_state = torch.load(runs.a / "checkpoint-12/rank_state_0.pt", weights_only=True)
     assert rank_state["step"] == 12 and {"data", "generator"} <= set(rank_state)
     manifest = checkpoint.verify(runs.a / "checkpoint-12")  # every file there, with its size and checksum
