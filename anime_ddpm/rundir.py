@@ -15,6 +15,7 @@ import shutil
 import socket
 
 from . import checkpoint
+from .ema_snapshots import SNAPSHOT_DIR
 from .errors import TrainingError
 from .paths import why_not_writable
 
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 LOCK_FILE = ".anime-ddpm.lock"
 # What a run writes at the top of its folder: removed by --overwrite_output_dir, nothing else is.
 RUN_OUTPUTS = ("samples", "unet", "scheduler", "model_index.json", "pipeline.py", "README.md", "samples.png",
-               "training_config.json", "metrics.jsonl", "summary.json", "logs", "ema_snapshots")  # fmt: skip
+               "training_config.json", "metrics.jsonl", "summary.json", "logs", SNAPSHOT_DIR)  # fmt: skip
 
 
 def check_writable(output_dir: str) -> None:
@@ -41,7 +42,7 @@ def previous_run(output_dir: str) -> str | None:
         return names[0] if len(names) == 1 else f"{len(names)} checkpoints ({names[0]} to {names[-1]})"
     if os.path.isfile(os.path.join(output_dir, "model_index.json")):
         return "trained pipeline"
-    snapshots = os.path.join(output_dir, "ema_snapshots")
+    snapshots = os.path.join(output_dir, SNAPSHOT_DIR)
     if os.path.isdir(snapshots) and os.listdir(snapshots):
         return "EMA snapshots"
     return None

@@ -160,6 +160,17 @@ def posthoc_state_dict(run_dir: Path, sigma_rel: float) -> dict:
     return ema_snapshots.reconstruct(snapshots, sigma_rel)[0]
 
 
+def weights_choice(text: str) -> str:
+    """ema, raw or sigma_rel=S (a number): anything else is refused, not scored as the EMA."""
+    kind, _, value = text.partition("=")
+    try:
+        if text in ("ema", "raw") or (kind == "sigma_rel" and float(value) > 0):
+            return text
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected ema, raw or sigma_rel=S, got {text!r}")
+
+
 def sampler_pipeline(pipe, sampler: str, fast_name: str, fast_steps: int):
     """The pipeline and step count of one `--samplers` entry, over the same UNet."""
     from diffusers import DDIMScheduler, DDPMScheduler
@@ -204,7 +215,7 @@ def main() -> None:
     parser.add_argument("--grid", default=None, help="default: --output-dir/bench_recipe.png")
     parser.add_argument("--grid-columns", type=int, default=12)
     parser.add_argument("--skip-training", action="store_true", help="score the pipelines of an earlier run")
-    parser.add_argument("--weights", default="ema",
+    parser.add_argument("--weights", default="ema", type=weights_choice,
                         help="ema: the saved pipelines; raw: the trained weights without EMA, from each run's last "
                              "checkpoint (results-raw.json, bench_recipe-raw.png); sigma_rel=S: the post-hoc EMA of "
                              "length S from the run's --ema_snapshot_steps snapshots (results-sigma_rel=S.json)")  # fmt: skip
