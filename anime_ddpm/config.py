@@ -26,9 +26,14 @@ from .budget import parse_duration
 from .errors import TrainingError
 from .losses import BETA_SCHEDULES, PREDICTION_TYPES, WEIGHTING_SCHEMES
 from .models import DEFAULT_PRESET, PRESETS
+from .posthoc_ema import MAX_SIGMA_REL
 from .schedulers import DEFAULT_STEPS, SCHEDULERS
 
 
+# The EMA of --use_ema: a power-function EMA of this sigma_rel (docs/recipe.md, "The EMA length: 0.2 by default").
+DEFAULT_EMA_SIGMA_REL = 0.2
+# diffusers' warm-up EMA, which --ema_sigma_rel 0 selects, and the settings that shape it (and nothing else).
+WARMUP_EMA_SETTINGS = ("ema_inv_gamma", "ema_power", "ema_max_decay")
 # Without --max_train_steps, --num_epochs or --max_train_time a run trains for this long: the budget the default
 # recipe was chosen for, and a predictable wait on any machine.
 DEFAULT_MAX_TRAIN_TIME = "15m"
@@ -94,9 +99,10 @@ class OptimisationOptions:
     adam_epsilon: float = option(1e-8, "AdamW epsilon")
     max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)")
     use_ema: bool = option(True, "keep an EMA of the weights; the saved pipeline holds it")
-    ema_inv_gamma: float = option(1.0, "EMA warm-up: decay = 1 - (1 + step / inv_gamma) ** -power")
-    ema_power: float = option(0.75, "EMA warm-up power")
-    ema_max_decay: float = option(0.9999, "EMA maximum decay")
+    ema_sigma_rel: float = option(DEFAULT_EMA_SIGMA_REL, f"the EMA's length as a fraction of the run: a power-function EMA (Karras et al. 2024) of this relative width, at most {MAX_SIGMA_REL}; 0: diffusers' warm-up EMA of --ema_inv_gamma, --ema_power and --ema_max_decay (the default before December 2026)")  # fmt: skip
+    ema_inv_gamma: float = option(1.0, "warm-up EMA (--ema_sigma_rel 0): decay = 1 - (1 + step / inv_gamma) ** -power")
+    ema_power: float = option(0.75, "warm-up EMA (--ema_sigma_rel 0): its power")
+    ema_max_decay: float = option(0.9999, "warm-up EMA (--ema_sigma_rel 0): its maximum decay")
     ema_snapshot_steps: int = option(0, "every this many steps, save two power-function EMAs (Karras et al. 2024) to output_dir/ema_snapshots/, from which `anime-ddpm posthoc-ema` makes an EMA of any length after the run (0: off)")  # fmt: skip
     mixed_precision: str | None = option(None, "no, fp16 (GPU) or bf16 (default: the launcher's, else bf16 where native)", ("no", "fp16", "bf16"))  # fmt: skip
     compile: bool = option(False, "torch.compile the UNet (minutes of start-up the first time)")
@@ -154,7 +160,7 @@ GROUPS = {
 # identity only when they differ from it, so a checkpoint written before them still resumes (and still refuses a run
 # that changes them, whatever the defaults become).
 IDENTITY_WHEN_SET = {"weighting_scheme": "none", "logit_mean": 0.0, "logit_std": 1.0, "input_perturbation": 0.0,
-                     "self_condition": False}  # fmt: skip
+                     "self_condition": False, "ema_sigma_rel": 0.0}  # fmt: skip
 # What a checkpoint belongs to: a run resumes only with the same values (checkpoint.py compares them). Limits
 # (steps, time), checkpoints, previews, logging and the Hub may change between resumes; so may --jpeg_draft, which
 # came later (a new name here would disown every earlier checkpoint) and changes pixels by ~3/255 on average.
@@ -219,6 +225,8 @@ class TrainingConfig(LaunchOptions, HubOptions, LoggingOptions, OutputOptions, O
         effective = {name: getattr(self, name) for name in IDENTITY_WHEN_SET}
         if self.weighting_scheme != "logit_normal":
             effective.update(logit_mean=IDENTITY_WHEN_SET["logit_mean"], logit_std=IDENTITY_WHEN_SET["logit_std"])
+        if not self.use_ema:  # nor does the EMA's kind when there is no EMA
+            effective.update(ema_sigma_rel=IDENTITY_WHEN_SET["ema_sigma_rel"])
         identity.update({name: value for name, value in effective.items() if value != IDENTITY_WHEN_SET[name]})
         identity.update(dataset=self.dataset_spec, num_processes=num_processes)
         return identity
@@ -246,6 +254,11 @@ class TrainingConfig(LaunchOptions, HubOptions, LoggingOptions, OutputOptions, O
                 value = getattr(self, name)
                 if value is not None and not (math.isfinite(value) and accepts(value)):
                     raise TrainingError(f"--{name} {requirement}, got {value}.")
+        if not 0 <= self.ema_sigma_rel <= MAX_SIGMA_REL:  # NaN fails too
+            raise TrainingError(f"--ema_sigma_rel must be 0 (the warm-up EMA) or at most {MAX_SIGMA_REL}, got {self.ema_sigma_rel}.")  # fmt: skip
+        warmup_changed = [name for name in WARMUP_EMA_SETTINGS if getattr(self, name) != getattr(TrainingConfig, name)]
+        if self.use_ema and self.ema_sigma_rel and warmup_changed:
+            raise TrainingError(f"--{warmup_changed[0]} shapes diffusers' warm-up EMA, which only --ema_sigma_rel 0 selects: add --ema_sigma_rel 0 to use it, or drop --{warmup_changed[0]} to keep the power-function EMA of --ema_sigma_rel {self.ema_sigma_rel}.")  # fmt: skip
         if self.adam_beta1 == 1 or self.adam_beta2 == 1:
             raise TrainingError("--adam_beta1 and --adam_beta2 must be below 1 (1 would never update the moments).")
         if self.max_train_time is not None:

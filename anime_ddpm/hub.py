@@ -189,6 +189,7 @@ class TrainingInfo:
     snr_gamma: float | None = None
     use_ema: bool | None = None
     ema_decay: float | None = None
+    ema_sigma_rel: float | None = None  # a power-function EMA's length (Karras et al. 2024); None: diffusers' warm-up
     final_loss: float | None = None
     seed: int | None = None
     domains: list[str] = field(default_factory=list)
@@ -282,7 +283,12 @@ TRAINING_ROWS: tuple[tuple[str, str, Callable[[Any], str] | None], ...] = (
 def _training_rows(info: TrainingInfo, sources: list[str]) -> list[tuple[str, str]]:
     ema = None
     if info.use_ema is not None:
-        ema = (f"yes, decay {_format_value(info.ema_decay)}" if info.ema_decay else "yes") if info.use_ema else "no"
+        if not info.use_ema:
+            ema = "no"
+        elif info.ema_sigma_rel:
+            ema = f"yes, power-function EMA of sigma_rel {info.ema_sigma_rel:g} (Karras et al. 2024)"
+        else:
+            ema = f"yes, decay {_format_value(info.ema_decay)}" if info.ema_decay else "yes"
     composed = {"data": ", ".join(sources), "ema": ema}
     values = [
         (label, composed[name] if name in composed else getattr(info, name), fmt) for label, name, fmt in TRAINING_ROWS

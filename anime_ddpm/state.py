@@ -281,9 +281,12 @@ def build_lr_scheduler(config: TrainingConfig, optimizer: torch.optim.Optimizer,
 
 
 def build_ema(config: TrainingConfig, unet: UNet2DModel, foreach: bool = True) -> EMAModel | None:
-    """The EMA of the weights (diffusers' EMAModel with its warm-up), saved as `unet_ema/` in checkpoints."""
+    """The EMA of the weights, saved as `unet_ema/` in checkpoints: a power-function EMA of --ema_sigma_rel, whose
+    length stays that fraction of the run however long it is; with --ema_sigma_rel 0, diffusers' warm-up EMA."""
     if not config.use_ema:
         return None
+    if config.ema_sigma_rel:
+        return PowerFunctionEMA(unet.parameters(), config.ema_sigma_rel, foreach=foreach)
     return EMAModel(
         unet.parameters(),
         decay=config.ema_max_decay,

@@ -386,6 +386,7 @@ def card_info(config: TrainingConfig, summary: dict[str, Any], state: TrainingSt
         snr_gamma=config.snr_gamma,
         use_ema=config.use_ema,
         ema_decay=state.ema.cur_decay_value if state.ema is not None and state.step else None,
+        ema_sigma_rel=getattr(state.ema, "sigma_rel", None),
         final_loss=summary["final_loss"],
         seed=config.seed,
         training_time=f"{summary['seconds'] / 60:.1f} min on {world_size} x {state.accelerator.device.type} ({precision_name(summary['mixed_precision'])})",

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from anime_ddpm import ema_snapshots, rundir
+from anime_ddpm.config import TrainingConfig
 from anime_ddpm.posthoc_ema import (
     MAX_SIGMA_REL,
     PowerFunctionEMA,
@@ -16,6 +17,7 @@ from anime_ddpm.posthoc_ema import (
     posthoc_weights,
     sigma_rel_from_gamma,
 )
+from anime_ddpm.state import build_ema
 
 
 def test_sigma_rel_names_the_exponent_as_in_the_paper():
@@ -44,6 +46,27 @@ def test_a_power_function_ema_weights_each_step_by_the_power_density():
     exponent = ema.gamma + 1
     expected = (t**exponent - (t - 1) ** exponent) / steps**exponent
     np.testing.assert_allclose(ema.shadow_params[0].numpy(), expected, rtol=1e-9, atol=1e-15)
+
+
+def test_the_runs_ema_is_a_power_function_ema_of_ema_sigma_rel_by_default():
+    """--use_ema keeps a power-function EMA of --ema_sigma_rel (0.2 by default), whose length stays that fraction
+    of the run; --ema_sigma_rel 0 keeps diffusers' warm-up EMA, 1 - decay = (1 + t) ** -0.75 (older runs' EMA)."""
+    steps = 40
+    module = torch.nn.Linear(steps, 1, bias=False).double()
+    ema = build_ema(TrainingConfig(), module, foreach=False)
+    assert isinstance(ema, PowerFunctionEMA) and ema.sigma_rel == 0.2
+    for t in range(1, steps + 1):
+        with torch.no_grad():
+            module.weight.zero_()
+            module.weight[0, t - 1] = 1.0
+        ema.step(module.parameters())
+    t = np.arange(1, steps + 1, dtype=np.float64)
+    exponent = gamma_from_sigma_rel(0.2) + 1
+    np.testing.assert_allclose(ema.shadow_params[0][0].numpy(), (t**exponent - (t - 1) ** exponent) / steps**exponent)
+    warmup = build_ema(TrainingConfig(ema_sigma_rel=0), module)
+    assert not isinstance(warmup, PowerFunctionEMA)
+    assert warmup.get_decay(101) == pytest.approx(1 - 101**-0.75)  # diffusers' t: 0 at the first step
+    assert build_ema(TrainingConfig(use_ema=False), module) is None
 
 
 def drifting_run(steps: int = 2000, every: int = 50, sigma_rels=(0.03, 0.05, 0.08, 0.10, 0.20)):

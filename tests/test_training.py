@@ -209,7 +209,10 @@ def test_final_pipeline_holds_the_ema_weights_and_samples(runs):
     assert image.shape == (1, 3, 16, 16) and torch.isfinite(image).all()
     assert (runs.a / "samples.png").is_file()
     assert sorted(p.name for p in (runs.a / "samples").iterdir()) == ["step-0000006.png", "step-0000012.png"]
-    assert (runs.a / "README.md").is_file()
+    # the default EMA, named on the card: a power-function one (test_posthoc_ema checks its weights)
+    assert (
+        "| EMA | yes, power-function EMA of sigma_rel 0.2 (Karras et al. 2024) |" in (runs.a / "README.md").read_text()
+    )
 
 
 def test_a_self_conditioned_run_saves_a_pipeline_that_feeds_its_unet_and_resumes_only_as_one(runs):
@@ -391,6 +394,7 @@ EXAMPLE_SWITCHES = ["--center_crop", "--random_flip", "--use_ema", "--push_to_hu
 def test_accepts_every_flag_of_diffusers_train_unconditional(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     argv = [part for flag, (value, _) in EXAMPLE_FLAGS.items() for part in (flag, value)] + EXAMPLE_SWITCHES
+    argv += ["--ema_sigma_rel", "0"]  # the example's warm-up EMA, whose settings are refused with our default EMA
     config = parse_args(argv)
     for flag, (_, expected) in EXAMPLE_FLAGS.items():
         assert getattr(config, flag[2:]) == expected, flag
@@ -452,6 +456,9 @@ def test_bad_config_files_are_one_sentence(tmp_path, content, message):
         ({"adam_beta2": 1.0}, "must be below 1"),
         ({"adam_epsilon": 0.0}, "--adam_epsilon must be a positive number"),
         ({"ema_max_decay": math.nan}, "--ema_max_decay must be a number in"),
+        ({"ema_sigma_rel": 0.3}, "--ema_sigma_rel must be 0 \\(the warm-up EMA\\) or at most 0.28, got 0.3"),
+        ({"ema_sigma_rel": -0.1}, "--ema_sigma_rel must be 0"),
+        ({"ema_power": 0.6}, "--ema_power shapes diffusers' warm-up EMA, which only --ema_sigma_rel 0 selects: add"),
         ({"snr_gamma": -math.inf}, "--snr_gamma must be a positive number"),
         ({"max_grad_norm": math.nan}, "--max_grad_norm must be a number >= 0"),
         ({"overwrite_output_dir": True, "resume_from_checkpoint": "latest"}, "give one"),
