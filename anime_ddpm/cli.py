@@ -740,15 +740,45 @@ def cmd_posthoc_ema(args: argparse.Namespace) -> int:
     diffusers_logging.disable_progress_bar()  # the "Loading pipeline components" bar
     pipe = AnimeDDPMPipeline.from_pretrained(run)
     pipe.unet.load_state_dict(state_dict)
+    used = sum(snapshot.step <= step for snapshot in snapshots)
     tmp = output.with_name(f".tmp-{output.name}")  # a killed command leaves no half pipeline at --output-dir
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp)
+    card = _posthoc_card(run, pipe, args.sigma_rel, step, used, output.name)
+    if card is None:
+        pipe.save_pretrained(tmp)
+    else:
+        from .hub import save_for_hub
+
+        save_for_hub(pipe, tmp, card[0], sample_grid=card[1])
     if output.exists():
         output.rmdir()  # empty, checked above
     os.replace(tmp, output)
-    used = sum(snapshot.step <= step for snapshot in snapshots)
     print(f"The EMA of sigma_rel {args.sigma_rel:g} at step {step}, from {used} snapshots: {output}")
     return 0
+
+
+def _posthoc_card(run: Path, pipe, sigma_rel: float, step: int, used: int, name: str):
+    """The model card facts and sample grid of a post-hoc EMA pipeline: the run's card with this EMA and step, and
+    samples of these weights drawn as the trainer draws its own; None (with a warning) if the run's files are gone."""
+    from .run_log import read_training_config
+    from .training import card_info, sample_grid
+
+    try:
+        config = read_training_config(run)
+        summary = json.loads((run / "summary.json").read_text())
+        info = card_info(config, summary, ema=None)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        print(f"anime-ddpm posthoc-ema: no model card ({run} lacks a readable training_config.json or summary.json: {error}).", file=sys.stderr)  # fmt: skip
+        return None
+    if step != summary["steps"]:  # rebuilt at an earlier snapshot: the run's last loss and epochs are not its own
+        info.pop("final_loss", None)
+        info.pop("epochs", None)
+    info.pop("repo_id", None)  # the run's --hub_model_id names the run's model, not this one
+    info.update(model_name=name, train_steps=step, use_ema=True, ema_sigma_rel=sigma_rel)
+    info["extra"] = {
+        "EMA rebuilt after the run": f"from {used} snapshots (`anime-ddpm posthoc-ema`, Karras et al. 2024)"
+    }
+    return info, sample_grid(pipe.unet, pipe.scheduler, config, config.num_samples)
 
 
 if __name__ == "__main__":

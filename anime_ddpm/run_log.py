@@ -47,6 +47,12 @@ def tracker_config(config: TrainingConfig, **extra: Any) -> dict[str, Any]:
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in values.items()}
 
 
+def read_training_config(output_dir: str | os.PathLike) -> TrainingConfig:
+    """The settings of a run from its training_config.json (tracker_config's None written as "None" read back)."""
+    values = json.loads(Path(output_dir, "training_config.json").read_text())
+    return TrainingConfig.from_namespace({k: None if v == "None" else v for k, v in values.items()})
+
+
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
     for name in VERSIONED:

@@ -25,7 +25,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, broadcast_object_list, set_seed
-from diffusers import UNet2DModel
+from diffusers import SchedulerMixin, UNet2DModel
 from diffusers.training_utils import EMAModel
 
 from . import checkpoint, ema_snapshots, hub, losses, network, rundir, viz
@@ -158,7 +158,7 @@ def train(config: TrainingConfig, callbacks: Callbacks | None = None) -> int:
         summary = run_log.finish("completed")
         exit_code = 0
         if accelerator.is_main_process:
-            info = card_info(config, summary, state)
+            info = card_info(config, summary, state.ema)
             exit_code = save_final(config, state, output_dir, final_unet.to(accelerator.device), info)
             accelerator.print(run_log.closing_line(summary))
         accelerator.wait_for_everyone()
@@ -290,10 +290,9 @@ def write_snapshots(state: TrainingState, output_dir: str, run_id: str) -> None:
             ema_snapshots.write(output_dir, state.step, sigma_rel, run_id, tensors)
 
 
-def sample_grid(unet: UNet2DModel, state: TrainingState, num_images: int):
+def sample_grid(unet: UNet2DModel, scheduler: SchedulerMixin, config: TrainingConfig, num_images: int):
     """A grid of `num_images` samples with the preview sampler (fixed seed, so grids are comparable over time)."""
-    config = state.config
-    pipe = AnimeDDPMPipeline(unet=unet, scheduler=scheduler_from(config.sample_scheduler, state.noise_scheduler))
+    pipe = AnimeDDPMPipeline(unet=unet, scheduler=scheduler_from(config.sample_scheduler, scheduler))
     pipe.set_progress_bar_config(disable=True)
     kwargs = dict(seed=config.seed, batch_size=min(num_images, 64), num_inference_steps=config.preview_steps())
     if pipe.domains:  # --condition_on_source: a labelled row per domain, the same seeds in every row
@@ -306,7 +305,7 @@ def preview(preview_unet: UNet2DModel | None, state: TrainingState):
     """The preview grid of the current weights (main process; None elsewhere). Call on every process."""
     copy_weights(preview_unet, state)
     if state.accelerator.is_main_process:
-        return sample_grid(preview_unet, state, state.config.eval_batch_size)
+        return sample_grid(preview_unet, state.noise_scheduler, state.config, state.config.eval_batch_size)
     return None
 
 
@@ -323,7 +322,7 @@ def save_final(config: TrainingConfig, state: TrainingState, output_dir: str, un
     Everything is on disk before the push starts, so a failed push loses nothing (exit code 1, the command to retry).
     """
     pipeline = AnimeDDPMPipeline(unet=unet, scheduler=losses.sampling_scheduler(state.noise_scheduler, unet))
-    grid = sample_grid(unet, state, config.num_samples)
+    grid = sample_grid(unet, state.noise_scheduler, config, config.num_samples)
     try:
         hub.save_for_hub(pipeline, output_dir, info, sample_grid=grid)  # pipeline + README.md + samples.png
     except Exception as error:  # the card is a nicety: save the pipeline and the grid without it
@@ -346,8 +345,10 @@ def save_final(config: TrainingConfig, state: TrainingState, output_dir: str, un
     return 0
 
 
-def card_info(config: TrainingConfig, summary: dict[str, Any], state: TrainingState) -> dict[str, Any]:
-    """What the model card reports (anime_ddpm.hub.TrainingInfo fields; unknown keys become extra rows)."""
+def card_info(config: TrainingConfig, summary: dict[str, Any], ema: EMAModel | None) -> dict[str, Any]:
+    """What the model card reports (anime_ddpm.hub.TrainingInfo fields; unknown keys become extra rows), from the
+    run's settings, its summary.json and its EMA (None: none, or built after the run), so `posthoc-ema` can write it
+    too."""
     if config.variance_type == "learned_range":
         loss = "L_hybrid = L_simple + 0.001 L_vlb (Improved DDPM)"
     else:
@@ -385,11 +386,11 @@ def card_info(config: TrainingConfig, summary: dict[str, Any], state: TrainingSt
         loss=loss,
         snr_gamma=config.snr_gamma,
         use_ema=config.use_ema,
-        ema_decay=state.ema.cur_decay_value if state.ema is not None and state.step else None,
-        ema_sigma_rel=getattr(state.ema, "sigma_rel", None),
+        ema_decay=ema.cur_decay_value if ema is not None and summary["steps"] else None,
+        ema_sigma_rel=getattr(ema, "sigma_rel", None),
         final_loss=summary["final_loss"],
         seed=config.seed,
-        training_time=f"{summary['seconds'] / 60:.1f} min on {world_size} x {state.accelerator.device.type} ({precision_name(summary['mixed_precision'])})",
+        training_time=f"{summary['seconds'] / 60:.1f} min on {world_size} x {summary['device']} ({precision_name(summary['mixed_precision'])})",
         sample_caption=f"{config.num_samples} samples, {config.sample_scheduler} with {config.preview_steps()} steps, seed {config.seed}",
     )  # fmt: skip
     return {k: v for k, v in info.items() if v is not None}

@@ -73,7 +73,7 @@ REFERENCE_FLAGS = [
     "--lr_scheduler", "cosine",
     "--lr_warmup_steps", "500",
     "--train_batch_size", "16",
-    "--use_ema", "--ema_power", "0.75", "--ema_inv_gamma", "1.0", "--ema_max_decay", "0.9999",
+    "--use_ema", "--ema_sigma_rel", "0", "--ema_power", "0.75", "--ema_inv_gamma", "1.0", "--ema_max_decay", "0.9999",
     "--mixed_precision", "no",
     "--max_grad_norm", "1.0",
     "--variance_type", "fixed_small",

@@ -149,17 +149,17 @@ def test_settings_added_later_keep_earlier_checkpoints_resumable_and_a_changed_o
     with pytest.raises(TrainingError) as error:
         checkpoint.check_belongs(str(current), manifest, conditioned)
     assert "--self_condition False (this run: True)" in str(error.value)
-    # The EMA became a power-function one of sigma_rel 0.2 (December 2026): a checkpoint of a warm-up-EMA run names
+    # The EMA became a power-function one of sigma_rel 0.15 (December 2026): a checkpoint of a warm-up-EMA run names
     # no sigma_rel, resumes with --ema_sigma_rel 0 and refuses today's default, naming that flag; without an EMA the
     # kind of EMA is no part of the run.
-    assert default["ema_sigma_rel"] == 0.2
+    assert default["ema_sigma_rel"] == 0.15
     warmup = fake_checkpoint(tmp_path / "warmup", 5, run=TrainingConfig(ema_sigma_rel=0).run_identity(1))
     manifest = checkpoint.verify(warmup)
     assert "ema_sigma_rel" not in manifest["run"]
     checkpoint.check_belongs(str(warmup), manifest, TrainingConfig(ema_sigma_rel=0).run_identity(1))
     with pytest.raises(TrainingError) as error:
         checkpoint.check_belongs(str(warmup), manifest, TrainingConfig().run_identity(1))
-    assert "belongs to another run: --ema_sigma_rel 0.0 (this run: 0.2); resume with those settings" in str(
+    assert "belongs to another run: --ema_sigma_rel 0.0 (this run: 0.15); resume with those settings" in str(
         error.value
     )
     assert TrainingConfig(use_ema=False).run_identity(1) == TrainingConfig(

@@ -49,19 +49,19 @@ def test_a_power_function_ema_weights_each_step_by_the_power_density():
 
 
 def test_the_runs_ema_is_a_power_function_ema_of_ema_sigma_rel_by_default():
-    """--use_ema keeps a power-function EMA of --ema_sigma_rel (0.2 by default), whose length stays that fraction
+    """--use_ema keeps a power-function EMA of --ema_sigma_rel (0.15 by default), whose length stays that fraction
     of the run; --ema_sigma_rel 0 keeps diffusers' warm-up EMA, 1 - decay = (1 + t) ** -0.75 (older runs' EMA)."""
     steps = 40
     module = torch.nn.Linear(steps, 1, bias=False).double()
     ema = build_ema(TrainingConfig(), module, foreach=False)
-    assert isinstance(ema, PowerFunctionEMA) and ema.sigma_rel == 0.2
+    assert isinstance(ema, PowerFunctionEMA) and ema.sigma_rel == 0.15
     for t in range(1, steps + 1):
         with torch.no_grad():
             module.weight.zero_()
             module.weight[0, t - 1] = 1.0
         ema.step(module.parameters())
     t = np.arange(1, steps + 1, dtype=np.float64)
-    exponent = gamma_from_sigma_rel(0.2) + 1
+    exponent = gamma_from_sigma_rel(0.15) + 1
     np.testing.assert_allclose(ema.shadow_params[0][0].numpy(), (t**exponent - (t - 1) ** exponent) / steps**exponent)
     warmup = build_ema(TrainingConfig(ema_sigma_rel=0), module)
     assert not isinstance(warmup, PowerFunctionEMA)

@@ -211,7 +211,8 @@ def test_final_pipeline_holds_the_ema_weights_and_samples(runs):
     assert sorted(p.name for p in (runs.a / "samples").iterdir()) == ["step-0000006.png", "step-0000012.png"]
     # the default EMA, named on the card: a power-function one (test_posthoc_ema checks its weights)
     assert (
-        "| EMA | yes, power-function EMA of sigma_rel 0.2 (Karras et al. 2024) |" in (runs.a / "README.md").read_text()
+        "| EMA | yes, power-function EMA of sigma_rel 0.15 (Karras et al. 2024) |"
+        in (runs.a / "README.md").read_text()
     )
 
 
@@ -247,6 +248,14 @@ def test_posthoc_ema_makes_a_pipeline_of_any_ema_length_from_the_snapshots(runs,
     image = pipe(batch_size=2, num_inference_steps=3, output_type="pt").images
     assert image.shape == (2, 3, 16, 16) and torch.isfinite(image).all()
     assert not torch.equal(load_file(tmp_path / "e20" / "unet" / weights)["conv_in.weight"], rebuilt["conv_in.weight"])
+    # a model card of its own, ready for the Hub: the run's facts with this EMA and step, and samples of these weights
+    card = (tmp_path / "e20" / "README.md").read_text()
+    for row in ["| EMA | yes, power-function EMA of sigma_rel 0.2 (Karras et al. 2024) |", "| Training steps | 9 |",
+                "| EMA rebuilt after the run | from 6 snapshots", "![Samples from e20](samples.png)"]:  # fmt: skip
+        assert row in card, row
+    assert "Final loss" not in card  # the run's last loss is not this step's
+    grid, run_grid = Image.open(tmp_path / "e20" / "samples.png"), Image.open(runs.a / "samples.png")
+    assert grid.size == run_grid.size and list(grid.getdata()) != list(run_grid.getdata())
 
     capsys.readouterr()
     new, taken = str(tmp_path / "new"), str(tmp_path / "e05")
