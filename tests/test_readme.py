@@ -720,5 +720,5 @@ def test_first_screen_has_the_quick_start():
     """The first screen takes a new user from the clone to samples, the Hub and the demo."""
     first = "\n".join(README.read_text().splitlines()[:60])
     for step in ("make train", ACTIVATE, "anime-ddpm sample", "samples.png", "push_to_hub", "anime-ddpm demo",
-                 "make test", "531 steps", "5544 steps", "--max_train_time"):  # fmt: skip
+                 "make test", "531 steps", "4890 steps", "--max_train_time"):  # fmt: skip
         assert step in first, f"the README's first 60 lines do not mention {step!r}"
