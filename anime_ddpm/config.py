@@ -30,7 +30,7 @@ from .posthoc_ema import MAX_SIGMA_REL
 from .schedulers import DEFAULT_STEPS, SCHEDULERS
 
 
-# The EMA of --use_ema: a power-function EMA of this sigma_rel (docs/recipe.md, "The EMA length: a power-function EMA of sigma_rel 0.15").
+# The EMA of --use_ema: a power-function EMA of this sigma_rel (docs/recipe.md, "The EMA: a power-function EMA ...").
 DEFAULT_EMA_SIGMA_REL = 0.15
 # diffusers' warm-up EMA, which --ema_sigma_rel 0 selects, and the settings that shape it (and nothing else).
 WARMUP_EMA_SETTINGS = ("ema_inv_gamma", "ema_power", "ema_max_decay")
