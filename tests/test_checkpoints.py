@@ -105,6 +105,19 @@ def test_a_checkpoint_of_another_run_is_refused_naming_what_differs(tmp_path):
     assert "belongs to another run: --seed 7 (this run: 0), --train_batch_size 16 (this run: 4)" in str(error.value)
 
 
+def resumes_only_as_it_was(tmp_path, name: str, earlier_value, refusal: str) -> None:
+    """A checkpoint written before the default of `name` changed (its manifest does not name it) resumes with the
+    earlier value, and today's default is refused with `refusal`."""
+    earlier = TrainingConfig(**{name: earlier_value}).run_identity(1)
+    path = fake_checkpoint(tmp_path / f"before_{name}", 5, run=earlier)
+    manifest = checkpoint.verify(path)
+    assert name not in manifest["run"]
+    checkpoint.check_belongs(str(path), manifest, earlier)
+    with pytest.raises(TrainingError) as error:
+        checkpoint.check_belongs(str(path), manifest, TrainingConfig().run_identity(1))
+    assert refusal in str(error.value)
+
+
 def test_settings_added_later_keep_earlier_checkpoints_resumable_and_a_changed_one_is_refused(tmp_path):
     """--weighting_scheme came after checkpoints existed: a checkpoint of an earlier version, whose manifest does not
     name it, holds the value runs had then (uniform); it resumes with that value and refuses today's default
@@ -135,13 +148,7 @@ def test_settings_added_later_keep_earlier_checkpoints_resumable_and_a_changed_o
     # --input_perturbation came later still (default 0.1 since): at 0 it stays out of the identity, so a checkpoint
     # written before it resumes with --input_perturbation 0 and refuses today's default, naming that flag.
     assert default["input_perturbation"] == 0.1
-    before_ip = fake_checkpoint(tmp_path / "before_ip", 5, run=TrainingConfig(input_perturbation=0.0).run_identity(1))
-    manifest = checkpoint.verify(before_ip)
-    assert "input_perturbation" not in manifest["run"]
-    checkpoint.check_belongs(str(before_ip), manifest, TrainingConfig(input_perturbation=0.0).run_identity(1))
-    with pytest.raises(TrainingError) as error:
-        checkpoint.check_belongs(str(before_ip), manifest, TrainingConfig().run_identity(1))
-    assert "--input_perturbation 0.0 (this run: 0.1)" in str(error.value)
+    resumes_only_as_it_was(tmp_path, "input_perturbation", 0.0, "--input_perturbation 0.0 (this run: 0.1)")
     # --self_condition likewise: off, it is not in the identity; a self-conditioned checkpoint refuses a plain resume.
     assert "self_condition" not in default
     conditioned = TrainingConfig(self_condition=True).run_identity(1)
@@ -153,15 +160,8 @@ def test_settings_added_later_keep_earlier_checkpoints_resumable_and_a_changed_o
     # no sigma_rel, resumes with --ema_sigma_rel 0 and refuses today's default, naming that flag; without an EMA the
     # kind of EMA is no part of the run.
     assert default["ema_sigma_rel"] == 0.15
-    warmup = fake_checkpoint(tmp_path / "warmup", 5, run=TrainingConfig(ema_sigma_rel=0).run_identity(1))
-    manifest = checkpoint.verify(warmup)
-    assert "ema_sigma_rel" not in manifest["run"]
-    checkpoint.check_belongs(str(warmup), manifest, TrainingConfig(ema_sigma_rel=0).run_identity(1))
-    with pytest.raises(TrainingError) as error:
-        checkpoint.check_belongs(str(warmup), manifest, TrainingConfig().run_identity(1))
-    assert "belongs to another run: --ema_sigma_rel 0.0 (this run: 0.15); resume with those settings" in str(
-        error.value
-    )
+    resumes_only_as_it_was(tmp_path, "ema_sigma_rel", 0.0,
+                           "belongs to another run: --ema_sigma_rel 0.0 (this run: 0.15); resume with those settings")  # fmt: skip
     assert TrainingConfig(use_ema=False).run_identity(1) == TrainingConfig(
         use_ema=False, ema_sigma_rel=0
     ).run_identity(1)
