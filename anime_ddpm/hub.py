@@ -34,7 +34,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 from PIL import Image
 
-from . import emoji, network, viz
+from . import emoji, network
 from .data import DataError, parse_mixture
 from .pipeline import AnimeDDPMPipeline
 from .schedulers import PORTABLE_BETA_SCHEDULES
@@ -374,14 +374,12 @@ def render_model_card(
 def make_sample_grid(
     pipe: AnimeDDPMPipeline, num_images: int = 16, seed: int = 0, scheduler: str = "dpm++", steps: int = 25
 ) -> tuple[Image.Image, str]:
-    """A grid of `num_images` samples (image i seeded with seed + i) with a fast sampler, and its caption."""
-    from .sampling import generate, with_scheduler
+    """The card's grid of `num_images` samples with a fast sampler (`sampling.sample_grid`), and its caption."""
+    from .sampling import sample_grid
 
-    sampler = with_scheduler(pipe, scheduler)
-    sampler.set_progress_bar_config(disable=True)
-    images = generate(sampler, num_images, seed=seed, num_inference_steps=steps)
+    grid = sample_grid(pipe, num_images, seed=seed, scheduler=scheduler, num_inference_steps=steps)
     caption = f"{num_images} samples, seeds {seed}-{seed + num_images - 1}, {scheduler} sampler with {steps} steps."
-    return viz.make_grid(images), caption
+    return grid, caption
 
 
 # ------------------------------------------------------------------------------------------------------- folders

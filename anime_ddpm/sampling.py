@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from PIL import Image
 
 from .pipeline import AnimeDDPMPipeline
 from .schedulers import DEFAULT_STEPS, scheduler_from
@@ -68,3 +69,26 @@ def iter_batches(
 def generate(pipe: AnimeDDPMPipeline, num_images: int, **kwargs: Any) -> torch.Tensor:
     """All images of a request as one (N, C, H, W) tensor in [0, 1]."""
     return torch.cat(list(iter_batches(pipe, num_images, **kwargs)))
+
+
+def sample_grid(
+    pipe: AnimeDDPMPipeline,
+    num_images: int,
+    *,
+    seed: int = 0,
+    scheduler: str | None = None,
+    num_inference_steps: int | None = None,
+) -> Image.Image:
+    """The grid the trainer, `posthoc-ema` and `push_to_hub` show: image i seeded with `seed + i` (so grids of one run
+    compare over time), small images upscaled for the eye, and one labelled row per domain for a model trained with
+    `--condition_on_source` (the same seeds in every row)."""
+    from . import viz
+    from .conditioning import domain_grid
+
+    sampler = with_scheduler(pipe, scheduler)
+    sampler.set_progress_bar_config(disable=True)
+    kwargs = dict(seed=seed, batch_size=min(num_images, 64), num_inference_steps=num_inference_steps or default_steps(scheduler))  # fmt: skip
+    if sampler.domains:
+        return domain_grid(sampler, num_images, **kwargs)
+    images = generate(sampler, num_images, **kwargs)
+    return viz.make_grid(images, scale=viz.auto_scale(images.shape[-1]))

@@ -28,16 +28,13 @@ from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, broad
 from diffusers import SchedulerMixin, UNet2DModel
 from diffusers.training_utils import EMAModel
 
-from . import checkpoint, ema_snapshots, hub, losses, network, rundir, viz
+from . import checkpoint, ema_snapshots, hub, losses, network, rundir, sampling
 from .checkpoint import Checkpointer
-from .conditioning import domain_grid
 from .config import TrainingConfig, parse_args
 from .data import DataError
 from .errors import TrainingError
 from .pipeline import AnimeDDPMPipeline
 from .run_log import RunLog, log_grid, precision_name
-from .sampling import generate
-from .schedulers import scheduler_from
 from .state import DataOutage, TrainingState, choose_cpu_threads, resolve_mixed_precision
 from .step import TrainStep
 
@@ -291,14 +288,10 @@ def write_snapshots(state: TrainingState, output_dir: str, run_id: str) -> None:
 
 
 def sample_grid(unet: UNet2DModel, scheduler: SchedulerMixin, config: TrainingConfig, num_images: int):
-    """A grid of `num_images` samples with the preview sampler (fixed seed, so grids are comparable over time)."""
-    pipe = AnimeDDPMPipeline(unet=unet, scheduler=scheduler_from(config.sample_scheduler, scheduler))
-    pipe.set_progress_bar_config(disable=True)
-    kwargs = dict(seed=config.seed, batch_size=min(num_images, 64), num_inference_steps=config.preview_steps())
-    if pipe.domains:  # --condition_on_source: a labelled row per domain, the same seeds in every row
-        return domain_grid(pipe, num_images, **kwargs)
-    images = generate(pipe, num_images, **kwargs)
-    return viz.make_grid(images, scale=viz.auto_scale(images.shape[-1]))
+    """The run's grid of `num_images` samples with its preview sampler and seed (`sampling.sample_grid`)."""
+    pipe = AnimeDDPMPipeline(unet=unet, scheduler=scheduler)
+    return sampling.sample_grid(pipe, num_images, seed=config.seed, scheduler=config.sample_scheduler,
+                                num_inference_steps=config.preview_steps())  # fmt: skip
 
 
 def preview(preview_unet: UNet2DModel | None, state: TrainingState):

@@ -26,7 +26,9 @@ from anime_ddpm.conditioning import (
     sample_per_domain,
     unet_domains,
 )
+from anime_ddpm.hub import make_sample_grid
 from anime_ddpm.models import unet_config
+from anime_ddpm.sampling import with_scheduler
 
 from .oracle import STUB_UNET_CONFIG
 
@@ -239,6 +241,10 @@ def test_conditional_pipeline_round_trip(tmp_path):
 
     grid = domain_grid(pipe, 4, num_inference_steps=2, guidance_scale=2.0)
     assert grid.height > 2 * SIZE  # two labelled rows
+    # The card's grid (push_to_hub of a pipeline object) shows the same labelled rows as the trainer's samples.png.
+    card_grid, _ = make_sample_grid(pipe, 4, steps=2)
+    rows = domain_grid(with_scheduler(pipe, "dpm++"), 4, num_inference_steps=2, seed=0, batch_size=4)
+    assert card_grid.size == rows.size and card_grid.tobytes() == rows.tobytes()
     per_domain = sample_per_domain(pipe, 2, num_inference_steps=2)
     assert list(per_domain) == DOMAINS and per_domain["squares"].shape == (2, 3, SIZE, SIZE)
 

@@ -429,7 +429,8 @@ def test_pipeline_push_goes_through_hub_push_to_hub(monkeypatch):
 
 def test_sample_grid_of_a_pipeline():
     grid, caption = hub_module.make_sample_grid(tiny_pipeline(), num_images=4, seed=3, steps=2)
-    assert grid.size == (2 * (8 + 2) + 2, 2 * (8 + 2) + 2)  # viz.make_grid: 2 x 2 tiles, 2 px white padding
+    tile = 8 * 8  # 8 px samples, upscaled to 64 px for the eye (viz.auto_scale), as the trainer's grids
+    assert grid.size == (2 * (tile + 2) + 2, 2 * (tile + 2) + 2)  # 2 x 2 tiles, 2 px white padding
     assert grid.getpixel((0, 0)) == (255, 255, 255)
     assert caption == "4 samples, seeds 3-6, dpm++ sampler with 2 steps."
 
