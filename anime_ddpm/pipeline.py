@@ -72,6 +72,21 @@ def predict_original_sample(
     raise ValueError(f"Unknown prediction_type {prediction_type!r}; expected epsilon, v_prediction or sample.")
 
 
+def step_parameters(scheduler: SchedulerMixin) -> set[str]:
+    """The keyword arguments `scheduler.step` takes. A subclass whose `step(..., **kwargs)` hands them on to its base
+    class takes what the base's `step` does: read from the first `step` up the class tree without `**kwargs`, so
+    that such a scheduler still gets the caller's `generator` (else its noise would come from the global RNG and
+    seeded images would not repeat) and never an argument its base would refuse."""
+    for cls in type(scheduler).__mro__:
+        step = cls.__dict__.get("step")
+        if step is None:
+            continue
+        parameters = inspect.signature(step).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return set(parameters)
+    return set()
+
+
 def image_channels(unet_config: Any) -> int:
     """The channels of the images a UNet makes: its input channels, or half of them when it is self-conditioned
     (`self_condition` in its config: the other half is its previous estimate of x_0, Chen et al. 2022)."""
@@ -256,7 +271,7 @@ class AnimeDDPMPipeline(DiffusionPipeline):
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}.")
 
     def _step_kwargs(self, generator, eta: float) -> dict[str, Any]:
-        accepted = set(inspect.signature(self.scheduler.step).parameters)
+        accepted = step_parameters(self.scheduler)
         kwargs: dict[str, Any] = {}
         if "generator" in accepted:
             kwargs["generator"] = generator

@@ -46,6 +46,28 @@ def test_every_scheduler_runs(name):
     assert np.isfinite(images.images).all()
 
 
+def test_a_scheduler_subclass_that_forwards_kwargs_still_gets_the_generator():
+    """A subclass with step(*args, **kwargs) (e.g. a researcher's tweak of DDPM's step) samples the same seeded images
+    as its base: the generator reaches the base's step, not the global RNG; PNDM's wrapper gets no generator."""
+
+    class Forwarding(DDPMScheduler):
+        def step(self, model_output, timestep, sample, *args, **kwargs):
+            return super().step(model_output, timestep, sample, *args, **kwargs)
+
+    class ForwardingPNDM(PNDMScheduler):
+        def step(self, *args, **kwargs):
+            return super().step(*args, **kwargs)
+
+    pipe = tiny_pipeline()
+    kwargs = dict(batch_size=2, num_inference_steps=10, output_type="np")
+    expected = pipe(generator=torch.Generator().manual_seed(5), **kwargs).images
+    pipe.scheduler = Forwarding.from_config(pipe.scheduler.config)
+    torch.manual_seed(123)  # the global RNG must not matter
+    np.testing.assert_array_equal(pipe(generator=torch.Generator().manual_seed(5), **kwargs).images, expected)
+    pipe.scheduler = ForwardingPNDM.from_config(pipe.scheduler.config)
+    assert np.isfinite(pipe(generator=torch.Generator().manual_seed(5), **kwargs).images).all()
+
+
 def test_pndm_runs():
     """diffusers' DDPMPipeline passes `generator` to PNDM's step and crashes; we only pass what step accepts."""
     pipe = tiny_pipeline()
