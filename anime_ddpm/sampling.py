@@ -87,7 +87,8 @@ def sample_grid(
 
     sampler = with_scheduler(pipe, scheduler)
     sampler.set_progress_bar_config(disable=True)
-    kwargs = dict(seed=seed, batch_size=min(num_images, 64), num_inference_steps=num_inference_steps or default_steps(scheduler))  # fmt: skip
+    steps = num_inference_steps or default_steps(scheduler)
+    kwargs = dict(seed=seed, batch_size=min(num_images, 64), num_inference_steps=steps)
     if sampler.domains:
         return domain_grid(sampler, num_images, **kwargs)
     images = generate(sampler, num_images, **kwargs)
