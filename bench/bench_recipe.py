@@ -197,7 +197,7 @@ def main() -> None:
     parser.add_argument("--recipes", default="reference,ours", help="which recipes (and candidates) to run")
     parser.add_argument("--candidate", action="append", default=[], metavar="NAME='FLAGS'",
                         help="an extra recipe: our defaults plus these flags (repeatable)")  # fmt: skip
-    parser.add_argument("--parallel", type=int, default=2, help="training runs at once (one thread each)")
+    parser.add_argument("--parallel", type=int, default=2, help="training runs at once (one thread each; the runs of one seed side by side)")
     parser.add_argument("--samplers", default="ddpm,fast",
                         help="ddpm: 1000 DDPM steps; fast: the default sampler; also ddpm-large, ddpm-noclip, ddim")  # fmt: skip
     parser.add_argument("--resolution", type=int, default=32,
@@ -256,7 +256,8 @@ def main() -> None:
                      f"score them with --resolution {earlier.get('resolution', 32)}.")  # fmt: skip
         training = earlier["training"]
     else:
-        queue = list(names)
+        # The runs of one seed train side by side, so the recipes compared see the same machine load.
+        queue = sorted(names, key=lambda name: run_recipe[name][1])
         running: list[tuple[str, subprocess.Popen, Path]] = []
         while queue or running:
             while queue and len(running) < args.parallel:
