@@ -197,7 +197,12 @@ def main() -> None:
     parser.add_argument("--recipes", default="reference,ours", help="which recipes (and candidates) to run")
     parser.add_argument("--candidate", action="append", default=[], metavar="NAME='FLAGS'",
                         help="an extra recipe: our defaults plus these flags (repeatable)")  # fmt: skip
-    parser.add_argument("--parallel", type=int, default=2, help="training runs at once (one thread each; the runs of one seed side by side)")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=2,
+        help="training runs at once (one thread each; the runs of one seed side by side)",
+    )
     parser.add_argument("--samplers", default="ddpm,fast",
                         help="ddpm: 1000 DDPM steps; fast: the default sampler; also ddpm-large, ddpm-noclip, ddim")  # fmt: skip
     parser.add_argument("--resolution", type=int, default=32,
