@@ -20,23 +20,16 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from anime_ddpm.data import DataConfig, take_images
+from anime_ddpm.pipeline import predict_original_sample
 
 
 def predicted_x0(unet: UNet2DModel, scheduler: DDPMScheduler, noisy: torch.Tensor, t: int) -> torch.Tensor:
     """The UNet's estimate of x_0 whatever it predicts (x_0, epsilon or v); a self-conditioned UNet gets no estimate."""
-    alpha_bar = scheduler.alphas_cumprod[t]
     model_input = noisy
     if getattr(unet.config, "self_condition", False):
         model_input = torch.cat([noisy, torch.zeros_like(noisy)], dim=1)
     output = unet(model_input, torch.full((len(noisy),), t)).sample[:, : noisy.shape[1]]
-    kind = scheduler.config.prediction_type
-    if kind == "sample":
-        return output
-    if kind == "epsilon":
-        return (noisy - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()
-    if kind == "v_prediction":
-        return alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * output
-    raise ValueError(f"Unknown prediction_type {kind!r}.")
+    return predict_original_sample(output, noisy, scheduler.alphas_cumprod[t], scheduler.config.prediction_type)
 
 
 @torch.no_grad()
@@ -45,11 +38,10 @@ def x0_error(
 ) -> float:
     """Mean squared error of the x_0 estimate at timestep t; the noise of image i and draw r depends on (t, r, i) only,
     so two models, or two image sets of the same size, see the same noises."""
-    alpha_bar = scheduler.alphas_cumprod[t]
     total = 0.0
     for repeat in range(repeats):
         noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(1000 * t + repeat))
-        noisy = alpha_bar.sqrt() * images + (1 - alpha_bar).sqrt() * noise
+        noisy = scheduler.add_noise(images, noise, torch.tensor([t]))
         for start in range(0, len(images), batch_size):
             estimate = predicted_x0(unet, scheduler, noisy[start : start + batch_size], t)
             total += (estimate.float() - images[start : start + batch_size]).pow(2).sum().item()
