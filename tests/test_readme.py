@@ -716,6 +716,31 @@ def test_readme_links_and_images_exist():
             assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
 
 
+def heading_anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces to hyphens, -1 on repeats."""
+    anchors, seen, in_fence = set(), {}, False
+    for line in page.read_text().splitlines():
+        if line.startswith("```"):
+            in_fence = not in_fence
+        heading = None if in_fence else re.match(r"#{1,6} +(.+?) *$", line)
+        if heading:
+            slug = re.sub(r"[^\w\- ]", "", heading.group(1).lower()).replace(" ", "-")
+            anchors.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+            seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def test_readme_and_docs_anchors_exist():
+    """A link to a section (page.md#section) lands on a heading: renamed sections do not leave dead links."""
+    for page in (README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md"):
+        for target, fragment in re.findall(r"\]\(([^)#:\s]*)#([^)\s]+)\)", page.read_text()):
+            linked = page.parent / target if target else page
+            if linked.suffix == ".md":
+                assert fragment in heading_anchors(linked), (
+                    f"{page.name} links to {target}#{fragment}: no such heading"
+                )
+
+
 def test_first_screen_has_the_quick_start():
     """The first screen takes a new user from the clone to samples, the Hub and the demo."""
     first = "\n".join(README.read_text().splitlines()[:60])
