@@ -15,6 +15,7 @@ entry of `NOT_RUN` fails the test, and so does an entry of `NOT_RUN` that no com
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -716,6 +717,7 @@ def test_readme_links_and_images_exist():
             assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
 
 
+@functools.cache
 def heading_anchors(page: Path) -> set[str]:
     """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces to hyphens, -1 on repeats."""
     anchors, seen, in_fence = set(), {}, False
