@@ -73,6 +73,7 @@ class ModelOptions:
     ddpm_beta_schedule: str = option("squaredcos_cap_v2", "beta schedule (squaredcos_cap_v2 = cosine)", (*BETA_SCHEDULES, "cosine"))  # fmt: skip
     ddpm_num_inference_steps: int = option(1000, "preview steps when --sample_scheduler is ddpm")
     snr_gamma: float | None = option(None, "min-SNR loss weighting gamma (5 in the paper; default off)")
+    x0_weight_cap: float = option(0.0, "with --prediction_type sample: weigh the x_0 error by min(SNR + 1, this), v-prediction's weight capped (e.g. 5; 0: off, the uniform weight)")  # fmt: skip
     weighting_scheme: str = option("logit_normal", "how training timesteps are drawn: logit_normal (SD3) or none (uniform)", WEIGHTING_SCHEMES)  # fmt: skip
     logit_mean: float = option(0.5, "with logit_normal: mean of the logit of t/T (> 0: more noise; 0 in SD3)")
     logit_std: float = option(1.0, "with logit_normal: its standard deviation")
@@ -160,7 +161,7 @@ GROUPS = {
 # identity only when they differ from it, so a checkpoint written before them still resumes (and still refuses a run
 # that changes them, whatever the defaults become).
 IDENTITY_WHEN_SET = {"weighting_scheme": "none", "logit_mean": 0.0, "logit_std": 1.0, "input_perturbation": 0.0,
-                     "self_condition": False, "ema_sigma_rel": 0.0}  # fmt: skip
+                     "self_condition": False, "ema_sigma_rel": 0.0, "x0_weight_cap": 0.0}  # fmt: skip
 # What a checkpoint belongs to: a run resumes only with the same values (checkpoint.py compares them). Limits
 # (steps, time), checkpoints, previews, logging and the Hub may change between resumes; so may --jpeg_draft, which
 # came later (a new name here would disown every earlier checkpoint) and changes pixels by ~3/255 on average.
@@ -177,7 +178,7 @@ AT_LEAST_ONE = ("resolution", "train_batch_size", "gradient_accumulation_steps",
                 "num_samples", "logging_steps", "ddpm_num_steps", "ddpm_num_inference_steps", "max_train_steps",
                 "num_epochs", "checkpoints_total_limit", "save_images_epochs", "save_model_epochs", "sample_steps")  # fmt: skip
 NOT_NEGATIVE = ("data_retry_minutes", "learning_rate", "lr_warmup_steps", "max_grad_norm", "adam_weight_decay", "dataloader_num_workers",
-                "save_images_steps", "max_nonfinite_steps", "shuffle_buffer", "input_perturbation", "ema_snapshot_steps")  # fmt: skip
+                "save_images_steps", "max_nonfinite_steps", "shuffle_buffer", "input_perturbation", "ema_snapshot_steps", "x0_weight_cap")  # fmt: skip
 POSITIVE = ("adam_epsilon", "ema_inv_gamma", "ema_power", "snr_gamma", "logit_std")
 UNIT_INTERVAL = ("ema_max_decay", "class_dropout_prob", "adam_beta1", "adam_beta2")
 
@@ -259,6 +260,13 @@ class TrainingConfig(LaunchOptions, HubOptions, LoggingOptions, OutputOptions, O
         warmup_changed = [name for name in WARMUP_EMA_SETTINGS if getattr(self, name) != getattr(TrainingConfig, name)]
         if self.use_ema and self.ema_sigma_rel and warmup_changed:
             raise TrainingError(f"--{warmup_changed[0]} shapes diffusers' warm-up EMA, which only --ema_sigma_rel 0 selects: add --ema_sigma_rel 0 to use it, or drop --{warmup_changed[0]} to keep the power-function EMA of --ema_sigma_rel {self.ema_sigma_rel}.")  # fmt: skip
+        if self.x0_weight_cap:
+            if not self.x0_weight_cap >= 1:  # NaN fails too
+                raise TrainingError(f"--x0_weight_cap must be 0 (off) or at least 1 (the weight at pure noise), got {self.x0_weight_cap}.")  # fmt: skip
+            if self.prediction_type != "sample":
+                raise TrainingError(f"--x0_weight_cap weighs the x_0 error: use it with --prediction_type sample (this run: {self.prediction_type}), or drop it.")  # fmt: skip
+            if self.snr_gamma:
+                raise TrainingError("--x0_weight_cap and --snr_gamma are two loss weights: give one.")
         if self.adam_beta1 == 1 or self.adam_beta2 == 1:
             raise TrainingError("--adam_beta1 and --adam_beta2 must be below 1 (1 would never update the moments).")
         if self.max_train_time is not None:

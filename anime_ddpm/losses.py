@@ -177,6 +177,17 @@ def min_snr_weight(snr: torch.Tensor, gamma: float, prediction_type: str) -> tor
     raise ValueError(f"Unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}.")
 
 
+def capped_v_weight(snr: torch.Tensor, cap: float) -> torch.Tensor:
+    """The x_0 loss weight min(SNR + 1, cap): v-prediction's weight on the x_0 error, capped.
+
+    The v loss equals the x_0 loss times SNR + 1, which weighs low noise most; capping it keeps the x_0 target's
+    parametrization (an x_0 model's error at low noise is blur, a v model's is noise left in the image) while
+    training low noise more than the uniform x_0 weight does. High noise keeps the weight 1 (min-SNR's x_0 weight
+    there is SNR, near 0).
+    """
+    return (snr + 1.0).clamp(max=cap)
+
+
 def timestep_probabilities(
     num_train_timesteps: int, weighting_scheme: str = "none", logit_mean: float = 0.0, logit_std: float = 1.0
 ) -> torch.Tensor:
@@ -348,7 +359,7 @@ def _autocast_disabled(device: torch.device) -> contextlib.AbstractContextManage
 
 class DiffusionLoss:
     """One training objective for a `DDPMScheduler` config: L_simple on its prediction target, optionally min-SNR
-    weighted, plus lambda * L_vlb for the variance channels when variance_type is "learned_range" (L_hybrid,
+    weighted (or, for the x_0 target, weighted by min(SNR + 1, x0_weight_cap)), plus lambda * L_vlb for the variance channels when variance_type is "learned_range" (L_hybrid,
     Improved DDPM section 3.1).
 
     `vlb_weight` is lambda of Improved DDPM eq. 16 (1e-3), applied to L_vlb = sum_t L_t estimated as T * L_t.
@@ -367,6 +378,7 @@ class DiffusionLoss:
         logit_std: float = 1.0,
         input_perturbation: float = 0.0,
         self_condition: bool = False,
+        x0_weight_cap: float = 0.0,
     ):
         config = scheduler.config
         self.prediction_type: str = config.get("prediction_type", "epsilon")
@@ -381,6 +393,17 @@ class DiffusionLoss:
             )
         if snr_gamma is not None and snr_gamma <= 0:
             raise ValueError(f"snr_gamma must be positive (5 in Hang et al. 2023), got {snr_gamma}.")
+        if x0_weight_cap:
+            if not x0_weight_cap >= 1:  # NaN fails too
+                raise ValueError(
+                    f"x0_weight_cap must be 0 (off) or at least 1 (the weight at pure noise), got {x0_weight_cap}."
+                )
+            if self.prediction_type != "sample":
+                raise ValueError(
+                    f"x0_weight_cap weighs the x_0 error: it needs prediction_type 'sample', not {self.prediction_type!r}."
+                )
+            if snr_gamma is not None:
+                raise ValueError("x0_weight_cap and snr_gamma are two loss weights: give one.")
         if weighting_scheme not in WEIGHTING_SCHEMES:
             raise ValueError(
                 f"Unknown weighting_scheme {weighting_scheme!r}; choose one of {', '.join(WEIGHTING_SCHEMES)}."
@@ -400,6 +423,7 @@ class DiffusionLoss:
         self.logit_std = float(logit_std)
         self.input_perturbation = float(input_perturbation)
         self.self_condition = bool(self_condition)
+        self.x0_weight_cap = float(x0_weight_cap)
         self.timestep_probabilities = timestep_probabilities(
             self.num_train_timesteps, weighting_scheme, self.logit_mean, self.logit_std
         )
@@ -512,6 +536,8 @@ class DiffusionLoss:
         weights = torch.ones_like(squared_error)
         if self.snr_gamma is not None:
             weights = min_snr_weight(self.schedule.snr(t), self.snr_gamma, self.prediction_type)
+        elif self.x0_weight_cap:
+            weights = capped_v_weight(self.schedule.snr(t), self.x0_weight_cap)
         loss = (weights * squared_error).mean()
 
         vlb_estimate = None

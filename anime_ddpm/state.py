@@ -263,6 +263,7 @@ def build_objective(config: TrainingConfig) -> tuple[Any, losses.DiffusionLoss]:
         logit_std=config.logit_std,
         input_perturbation=config.input_perturbation,
         self_condition=config.self_condition,
+        x0_weight_cap=config.x0_weight_cap,
     )
     return noise_scheduler, objective
 

@@ -348,6 +348,8 @@ def card_info(config: TrainingConfig, summary: dict[str, Any], ema: EMAModel | N
         loss = f"L_simple (MSE of the {config.prediction_type} target)"
     if config.snr_gamma:
         loss += f", min-SNR-{config.snr_gamma:g} weighted"
+    if config.x0_weight_cap:
+        loss += f", weighted by min(SNR + 1, {config.x0_weight_cap:g})"
     if config.weighting_scheme == "logit_normal":
         loss += f", timesteps logit-normal (mean {config.logit_mean:g}, std {config.logit_std:g})"
     if config.input_perturbation:

@@ -162,6 +162,12 @@ def test_settings_added_later_keep_earlier_checkpoints_resumable_and_a_changed_o
     assert default["ema_sigma_rel"] == 0.15
     resumes_only_as_it_was(tmp_path, "ema_sigma_rel", 0.0,
                            "belongs to another run: --ema_sigma_rel 0.0 (this run: 0.15); resume with those settings")  # fmt: skip
+    # --x0_weight_cap (off by default) likewise: a capped run refuses a resume without it, and off it is no part of the run.
+    assert "x0_weight_cap" not in default
+    capped = TrainingConfig(x0_weight_cap=5.0).run_identity(1)
+    with pytest.raises(TrainingError) as error:
+        checkpoint.check_belongs(str(current), manifest, capped)
+    assert "--x0_weight_cap 0.0 (this run: 5.0)" in str(error.value)
     assert TrainingConfig(use_ema=False).run_identity(1) == TrainingConfig(
         use_ema=False, ema_sigma_rel=0
     ).run_identity(1)

@@ -13,6 +13,7 @@ from anime_ddpm.losses import (
     PREDICTION_TYPES,
     DiffusionLoss,
     DiffusionSchedule,
+    capped_v_weight,
     discretized_gaussian_log_likelihood,
     make_noise_scheduler,
     min_snr_weight,
@@ -405,6 +406,38 @@ def test_loss_applies_min_snr_weights(prediction_type):
     assert weight.min() < 0.5 or weight.max() > 2  # the weights do differ from 1 at these timesteps
     torch.testing.assert_close(output.loss.double(), (weight * mse).mean(), rtol=1e-5, atol=0)
     torch.testing.assert_close(output.simple.double(), mse.mean(), rtol=1e-5, atol=0)
+
+
+def test_capped_x0_weight_is_v_weight_up_to_the_cap():
+    """min(SNR + 1, cap) on the x_0 error: 1 at pure noise (the plain x_0 loss), v's weight SNR + 1 in between, the cap
+    at low noise; and it leaves the logged unweighted error alone."""
+    cap = 5.0
+    scheduler = make_noise_scheduler(prediction_type="sample")
+    x0, noise, t = images(), gaussian(1), torch.tensor([0, 500, 700, 999])
+    prediction = gaussian(3)
+    output = DiffusionLoss(scheduler, x0_weight_cap=cap)(OracleModel(prediction), x0, timesteps=t, noise=noise)
+
+    mse = (prediction.double() - x0.double()).square().flatten(1).mean(1)
+    abar = abar64(scheduler)[t]
+    weight = (abar / (1 - abar) + 1).clamp(max=cap)
+    assert weight[0] == cap and 1 < weight[1] < cap and weight[-1] < 1.001  # the three regimes are all drawn
+    torch.testing.assert_close(output.loss.double(), (weight * mse).mean(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(output.simple.double(), mse.mean(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(capped_v_weight(torch.tensor([0.0, 2.0, 100.0]), cap), torch.tensor([1.0, 3.0, 5.0]))
+
+
+@pytest.mark.parametrize(
+    "prediction_type, kwargs, message",
+    [
+        ("sample", {"x0_weight_cap": 0.5}, "at least 1"),
+        ("sample", {"x0_weight_cap": math.nan}, "at least 1"),
+        ("epsilon", {"x0_weight_cap": 5.0}, "needs prediction_type 'sample'"),
+        ("sample", {"x0_weight_cap": 5.0, "snr_gamma": 5.0}, "give one"),
+    ],
+)
+def test_capped_x0_weight_refuses_what_it_cannot_mean(prediction_type, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DiffusionLoss(make_noise_scheduler(prediction_type=prediction_type), **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------ hybrid loss

@@ -469,6 +469,13 @@ def test_bad_config_files_are_one_sentence(tmp_path, content, message):
         ({"ema_sigma_rel": -0.1}, "--ema_sigma_rel must be 0"),
         ({"ema_power": 0.6}, "--ema_power shapes diffusers' warm-up EMA, which only --ema_sigma_rel 0 selects: add"),
         ({"snr_gamma": -math.inf}, "--snr_gamma must be a positive number"),
+        ({"x0_weight_cap": 0.5}, "--x0_weight_cap must be 0 \\(off\\) or at least 1"),
+        ({"x0_weight_cap": -1.0}, "--x0_weight_cap must be a number >= 0"),
+        (
+            {"x0_weight_cap": 5.0, "prediction_type": "epsilon"},
+            "use it with --prediction_type sample \\(this run: epsilon\\)",
+        ),
+        ({"x0_weight_cap": 5.0, "snr_gamma": 5.0}, "two loss weights: give one"),
         ({"max_grad_norm": math.nan}, "--max_grad_norm must be a number >= 0"),
         ({"overwrite_output_dir": True, "resume_from_checkpoint": "latest"}, "give one"),
     ],
@@ -476,6 +483,16 @@ def test_bad_config_files_are_one_sentence(tmp_path, content, message):
 def test_validation_rejects_impossible_settings(changes, message):
     with pytest.raises(TrainingError, match=message):
         TrainingConfig(**changes).validate()
+
+
+def test_the_model_card_names_the_loss_weight_a_run_used():
+    from anime_ddpm.training import card_info
+
+    summary = {"num_processes": 1, "steps": 0, "epochs": 0, "num_parameters": 1, "mixed_precision": "no",
+               "final_loss": None, "seconds": 60.0, "device": "cpu"}  # fmt: skip
+    capped = card_info(TrainingConfig(x0_weight_cap=5.0), summary, None)["loss"]
+    assert capped.startswith("L_simple (MSE of the sample target), weighted by min(SNR + 1, 5),")
+    assert "SNR" not in card_info(TrainingConfig(), summary, None)["loss"]
 
 
 # ============================================================================================ checkpoint helpers
