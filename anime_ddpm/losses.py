@@ -359,8 +359,8 @@ def _autocast_disabled(device: torch.device) -> contextlib.AbstractContextManage
 
 class DiffusionLoss:
     """One training objective for a `DDPMScheduler` config: L_simple on its prediction target, optionally min-SNR
-    weighted (or, for the x_0 target, weighted by min(SNR + 1, x0_weight_cap)), plus lambda * L_vlb for the variance channels when variance_type is "learned_range" (L_hybrid,
-    Improved DDPM section 3.1).
+    weighted (or, for the x_0 target, weighted by min(SNR + 1, x0_weight_cap)), plus lambda * L_vlb for the variance
+    channels when variance_type is "learned_range" (L_hybrid, Improved DDPM section 3.1).
 
     `vlb_weight` is lambda of Improved DDPM eq. 16 (1e-3), applied to L_vlb = sum_t L_t estimated as T * L_t.
     The model is called as `model(x_t, t, class_labels)` and may return a tensor or an object with `.sample` (a
