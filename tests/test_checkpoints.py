@@ -162,7 +162,7 @@ def test_settings_added_later_keep_earlier_checkpoints_resumable_and_a_changed_o
     assert default["ema_sigma_rel"] == 0.15
     resumes_only_as_it_was(tmp_path, "ema_sigma_rel", 0.0,
                            "belongs to another run: --ema_sigma_rel 0.0 (this run: 0.15); resume with those settings")  # fmt: skip
-    # --x0_weight_cap (off by default) likewise: a capped run refuses a resume without it, and off it is no part of the run.
+    # --x0_weight_cap (off by default) likewise: off it is no part of the run, and an uncapped checkpoint refuses a capped resume.
     assert "x0_weight_cap" not in default
     capped = TrainingConfig(x0_weight_cap=5.0).run_identity(1)
     with pytest.raises(TrainingError) as error:
